@@ -1,0 +1,416 @@
+/*
+ * admin.c — the admin listener's routing, its JSON documents (stats,
+ * health, index) and the reset endpoint's token check; the Prometheus text
+ * lives in admin_metrics.c. See admin.h for the endpoints and invariants.
+ *
+ * Every JSON document is built with jansson, never by hand, so names and
+ * strings are always escaped. Figures come from snapshots taken here on the
+ * admin thread: the library's stats (sharded counters summed on read), the
+ * daemon's relaxed metric atomics and the breakers' own locked snapshots.
+ * Upstreams are read up to app->nupstreams (acquire), which the main
+ * thread publishes only after an entry's breaker and metric slot exist.
+ */
+#include "admin.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+
+#define ADMIN_JSON_FLAGS (JSON_INDENT(2) | JSON_REAL_PRECISION(15))
+#define ADMIN_NO_STORE "Cache-Control: no-store\r\n"
+
+/* ------------------------------------------------------------- helpers */
+
+/* Sets o[key] = v (stealing v); false if v is NULL or the set failed, so a
+ * builder can && its way through and notice any allocation failure. */
+static bool put(json_t *o, const char *key, json_t *v) {
+  return v != NULL && json_object_set_new(o, key, v) == 0;
+}
+
+static json_t *jcount(uint64_t v) {
+  return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+static double round_to(double x, double scale) {
+  return round(x * scale) / scale;
+}
+
+double admin_uptime_seconds(const app_t *app) {
+  uint64_t now = coalesce_clock_now(NULL);
+  return now > app->started_ns ? (double)(now - app->started_ns) / 1e9 : 0.0;
+}
+
+static size_t upstream_count(app_t *app) {
+  return atomic_load_explicit(&app->nupstreams, memory_order_acquire);
+}
+
+/* The metric slot of an upstream entry, or NULL. */
+static metrics_upstream_t *upstream_metrics(app_t *app,
+                                            const app_upstream_t *e) {
+  if (app->metrics == NULL || e->metric < 0)
+    return NULL;
+  return &app->metrics->upstreams[e->metric];
+}
+
+/* ---------------------------------------------------------------- stats */
+
+static json_t *breaker_json(coalesce_breaker_t *b) {
+  coalesce_stats_t s;
+  memset(&s, 0, sizeof s);
+  uint64_t retry_ns = 0;
+  if (b != NULL) {
+    coalesce_breaker_stats(b, &s);
+    retry_ns = coalesce_breaker_retry_in(b);
+  }
+  json_t *o = json_object();
+  if (o == NULL)
+    return NULL;
+  bool ok =
+      put(o, "state",
+          json_string(coalesce_breaker_state_name(
+              (coalesce_breaker_state_t)s.breaker_state))) &&
+      put(o, "opened", jcount(s.breaker_opened)) &&
+      put(o, "half_opened", jcount(s.breaker_half_opened)) &&
+      put(o, "closed", jcount(s.breaker_closed)) &&
+      put(o, "successes", jcount(s.breaker_successes)) &&
+      put(o, "failures", jcount(s.breaker_failures)) &&
+      put(o, "rejections", jcount(s.breaker_rejections)) &&
+      put(o, "retry_in_ms",
+          jcount((retry_ns + COALESCE_NS_PER_MS - 1) / COALESCE_NS_PER_MS));
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static json_t *latency_json(const metrics_upstream_t *u) {
+  uint64_t n = 0;
+  if (u != NULL)
+    for (size_t i = 0; i <= METRIC_LATENCY_BUCKETS; i++)
+      n += metrics_get((_Atomic uint64_t *)&u->latency_bucket[i]);
+  json_t *o = json_object();
+  if (o == NULL)
+    return NULL;
+  bool ok = true;
+  static const struct {
+    const char *name;
+    double q;
+  } qs[] = {{"p50", 0.50}, {"p90", 0.90}, {"p99", 0.99}};
+  for (size_t i = 0; ok && i < sizeof qs / sizeof qs[0]; i++) {
+    double ms = u != NULL ? admin_latency_quantile(u, qs[i].q) * 1000.0 : 0.0;
+    ok = put(o, qs[i].name, json_real(round_to(ms, 1000.0)));
+  }
+  ok = ok && put(o, "samples", jcount(n));
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static json_t *upstream_json(app_t *app, const app_upstream_t *e) {
+  metrics_upstream_t *u = upstream_metrics(app, e);
+  json_t *o = json_object();
+  if (o == NULL)
+    return NULL;
+#define UGET(field) (u != NULL ? metrics_get(&u->field) : 0)
+  json_t *classes = json_object();
+  bool ok = classes != NULL;
+  for (int c = 1; ok && c <= 5; c++) {
+    char k[4] = {(char)('0' + c), 'x', 'x', '\0'};
+    ok = put(classes, k, jcount(UGET(status_class[c])));
+  }
+  ok = put(o, "breaker", breaker_json(e->breaker)) && ok &&
+       put(o, "calls", jcount(UGET(calls))) &&
+       put(o, "transport_errors", jcount(UGET(transport_errors))) &&
+       put(o, "timeouts", jcount(UGET(timeouts))) &&
+       put(o, "status_429", jcount(UGET(status_429))) &&
+       put(o, "responses", json_incref(classes)) &&
+       put(o, "latency_ms", latency_json(u));
+#undef UGET
+  json_decref(classes);
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
+static json_t *counts_json(_Atomic uint64_t *counts, int n,
+                           const char *(*name)(int)) {
+  json_t *o = json_object();
+  if (o == NULL)
+    return NULL;
+  for (int i = 0; i < n; i++)
+    if (!put(o, name(i), jcount(metrics_get(&counts[i])))) {
+      json_decref(o);
+      return NULL;
+    }
+  return o;
+}
+
+json_t *admin_stats_json(app_t *app) {
+  coalesce_stats_t s;
+  coalesce_loader_stats(app->loader, &s); /* derived fields included */
+  http_server_stats_t hs;
+  app_http_stats(app, &hs);
+
+  json_t *doc = json_object();
+  json_t *cache = json_object();
+  json_t *ups = json_object();
+  bool ok = doc != NULL && cache != NULL && ups != NULL;
+  ok = ok && put(cache, "entries", jcount(s.cache_entries)) &&
+       put(cache, "bytes", jcount(s.cache_bytes)) &&
+       put(cache, "max_bytes", jcount(s.cache_max_bytes)) &&
+       put(cache, "evictions", jcount(s.cache_evictions));
+  size_t n = upstream_count(app);
+  for (size_t i = 0; ok && i < n; i++)
+    ok = put(ups, app->upstreams[i].name,
+             upstream_json(app, &app->upstreams[i]));
+
+  ok = ok && put(doc, "total_requests", jcount(s.total_requests)) &&
+       put(doc, "coalesced_requests", jcount(s.coalesced_requests)) &&
+       put(doc, "cache_hits", jcount(s.cache_hits)) &&
+       put(doc, "stale_hits", jcount(s.stale_hits)) &&
+       put(doc, "stale_if_error_hits", jcount(s.stale_if_error)) &&
+       put(doc, "api_calls_made", jcount(s.api_calls_made)) &&
+       put(doc, "api_calls_saved", jcount(s.api_calls_saved)) &&
+       put(doc, "pending_requests", jcount(s.pending_requests)) &&
+       put(doc, "hit_rate_percent",
+           json_real(round_to(s.hit_rate_percent, 100.0))) &&
+       put(doc, "background_refreshes", jcount(s.background_refreshes)) &&
+       put(doc, "errors", jcount(s.errors)) &&
+       put(doc, "wait_timeouts", jcount(s.wait_timeouts)) &&
+       put(doc, "bypassed", jcount(s.bypassed)) &&
+       put(doc, "unshared", jcount(s.unshared)) &&
+       put(doc, "breaker_rejections", jcount(s.breaker_rejections)) &&
+       put(doc, "overloaded", jcount(s.overloaded)) &&
+       put(doc, "cache", json_incref(cache)) &&
+       put(doc, "answers", counts_json(app->metrics->by_source,
+                                       METRIC_SRC_COUNT, metrics_source_name)) &&
+       put(doc, "errors_by_code", counts_json(app->metrics->errors,
+                                              METRIC_ERR_COUNT,
+                                              metrics_error_code)) &&
+       put(doc, "upstreams", json_incref(ups)) &&
+       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
+       put(doc, "version", json_string(app->version ? app->version : "unknown")) &&
+       put(doc, "workers", jcount(app->nworkers)) &&
+       put(doc, "connections_open", jcount(hs.connections_open));
+  json_decref(cache);
+  json_decref(ups);
+  if (!ok) {
+    json_decref(doc);
+    return NULL;
+  }
+  return doc;
+}
+
+/* --------------------------------------------------------------- health */
+
+json_t *admin_health_json(app_t *app, int *http_status) {
+  json_t *doc = json_object();
+  json_t *breakers = json_object();
+  json_t *redis = json_object();
+  bool ok = doc != NULL && breakers != NULL && redis != NULL;
+  size_t n = upstream_count(app), open = 0, half = 0;
+  for (size_t i = 0; ok && i < n; i++) {
+    coalesce_breaker_state_t st = COALESCE_BREAKER_CLOSED;
+    if (app->upstreams[i].breaker != NULL)
+      st = coalesce_breaker_state(app->upstreams[i].breaker);
+    open += st == COALESCE_BREAKER_OPEN;
+    half += st == COALESCE_BREAKER_HALF_OPEN;
+    ok = put(breakers, app->upstreams[i].name,
+             json_string(coalesce_breaker_state_name(st)));
+  }
+  bool draining = atomic_load(&app->draining);
+  /* Every upstream refusing calls: nothing but stale copies can be served,
+   * so a load balancer should prefer another instance. A half-open breaker
+   * is already letting probes through, so it only degrades. */
+  const char *status = "healthy";
+  if (n > 0 && open == n)
+    status = "unhealthy";
+  else if (open + half > 0 || draining)
+    status = "degraded";
+  *http_status = strcmp(status, "unhealthy") == 0 ? 503 : 200;
+
+  /* Only whether fleet mode is configured: never the URL, which may hold
+   * a password. The app exposes no fleet client state yet. */
+  config_t *cfg = app_config(app);
+  bool redis_on = cfg != NULL && cfg->redis.url != NULL;
+  ok = ok && put(redis, "configured", json_boolean(redis_on)) &&
+       put(redis, "state", json_string(redis_on ? "unknown" : "disabled"));
+  ok = ok && put(doc, "status", json_string(status)) &&
+       put(doc, "breakers", json_incref(breakers)) &&
+       put(doc, "redis", json_incref(redis)) &&
+       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
+       put(doc, "draining", json_boolean(draining));
+  json_decref(breakers);
+  json_decref(redis);
+  if (!ok) {
+    json_decref(doc);
+    return NULL;
+  }
+  return doc;
+}
+
+/* ---------------------------------------------------------------- token */
+
+bool admin_token_equal(const char *given, size_t given_len, const char *want) {
+  size_t want_len = strlen(want);
+  /* volatile: keeps the compiler from turning the loop into an early-exit
+   * memcmp. The loop always runs want_len times. */
+  volatile unsigned char diff = given_len != want_len;
+  for (size_t i = 0; i < want_len; i++) {
+    unsigned char g = i < given_len ? (unsigned char)given[i] : 0;
+    diff |= (unsigned char)(g ^ (unsigned char)want[i]);
+  }
+  return diff == 0;
+}
+
+bool admin_authorized(app_t *app, const http_request_t *req) {
+  config_t *cfg = app_config(app);
+  const char *want = cfg != NULL ? cfg->server.admin_token : NULL;
+  if (want == NULL || want[0] == '\0')
+    return true;
+  bool ok = false;
+  size_t len = 0;
+  const char *v = http_request_header(req, "Authorization", &len);
+  /* RFC 7235: the scheme is case-insensitive, then 1*SP. */
+  if (v != NULL && len > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
+    size_t i = 7;
+    while (i < len && v[i] == ' ')
+      i++;
+    ok |= admin_token_equal(v + i, len - i, want);
+  }
+  v = http_request_header(req, "X-Admin-Token", &len);
+  if (v != NULL)
+    ok |= admin_token_equal(v, len, want);
+  return ok;
+}
+
+/* -------------------------------------------------------------- routing */
+
+/* Sends doc (stolen) as JSON with a trailing newline; 500 if it is NULL. */
+static void send_json(http_conn_t *conn, int status, json_t *doc,
+                      const char *extra_headers) {
+  char *body = doc != NULL ? json_dumps(doc, ADMIN_JSON_FLAGS) : NULL;
+  json_decref(doc);
+  size_t len = body != NULL ? strlen(body) : 0;
+  char *nl = body != NULL ? realloc(body, len + 2) : NULL;
+  if (nl == NULL) {
+    free(body);
+    http_conn_send_error(conn, 500, "internal_error", "out of memory");
+    return;
+  }
+  nl[len++] = '\n';
+  nl[len] = '\0';
+  char headers[256];
+  snprintf(headers, sizeof headers, "%s%s", ADMIN_NO_STORE,
+           extra_headers != NULL ? extra_headers : "");
+  http_conn_send_simple(conn, status, "application/json", headers, nl, len,
+                        false);
+  free(nl);
+}
+
+static void send_error(http_conn_t *conn, int status, const char *code,
+                       const char *message, const char *extra_headers) {
+  send_json(conn, status,
+            json_pack("{s:s, s:s}", "error", code, "message", message),
+            extra_headers);
+}
+
+static json_t *index_json(app_t *app) {
+  return json_pack(
+      "{s:s, s:s, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s},"
+      " {s:s, s:s, s:s}]}",
+      "service", "coalesced", "version", app->version ? app->version : "unknown",
+      "endpoints",
+      "method", "GET", "path", ADMIN_PATH_STATS, "description",
+      "deduplication, cache and upstream figures",
+      "method", "GET", "path", ADMIN_PATH_HEALTH, "description",
+      "healthy / degraded (200) or unhealthy (503)",
+      "method", "POST", "path", ADMIN_PATH_RESET, "description",
+      "reset the counters (not the cache); admin token when configured",
+      "method", "GET", "path", ADMIN_PATH_METRICS, "description",
+      "Prometheus text exposition");
+}
+
+static void serve_metrics(app_t *app, http_conn_t *conn) {
+  size_t len = 0;
+  char *text = admin_metrics_text(app, &len);
+  if (text == NULL) {
+    http_conn_send_error(conn, 500, "internal_error", "out of memory");
+    return;
+  }
+  http_conn_send_simple(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
+                        ADMIN_NO_STORE, text, len, false);
+  free(text);
+}
+
+static void serve_reset(app_t *app, http_conn_t *conn,
+                        const http_request_t *req) {
+  if (req->method != HTTP_POST) {
+    send_error(conn, 405, "method_not_allowed", "use POST", "Allow: POST\r\n");
+    return;
+  }
+  if (!admin_authorized(app, req)) {
+    LOG_WARN("admin_unauthorized", "peer=%s path=%s", req->peer_addr,
+             ADMIN_PATH_RESET);
+    send_error(conn, 401, "unauthorized", "a valid admin token is required",
+               "WWW-Authenticate: Bearer realm=\"coalesced\"\r\n");
+    return;
+  }
+  app_stats_reset(app);
+  LOG_INFO("admin_stats_reset", "peer=%s", req->peer_addr);
+  send_json(conn, 200, json_pack("{s:b}", "reset", 1), NULL);
+}
+
+static bool path_is(const http_request_t *req, const char *path) {
+  size_t n = strlen(path);
+  return req->path_len == n && memcmp(req->path, path, n) == 0;
+}
+
+void admin_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
+  app_t *app = ud;
+  if (path_is(req, ADMIN_PATH_RESET)) {
+    serve_reset(app, conn, req);
+    return;
+  }
+  int which = path_is(req, ADMIN_PATH_STATS)     ? 1
+              : path_is(req, ADMIN_PATH_HEALTH)  ? 2
+              : path_is(req, ADMIN_PATH_METRICS) ? 3
+              : path_is(req, "/")                ? 4
+                                                 : 0;
+  if (which == 0) {
+    send_error(conn, 404, "not_found", "no such admin endpoint", NULL);
+    return;
+  }
+  if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+    send_error(conn, 405, "method_not_allowed", "use GET or HEAD",
+               "Allow: GET, HEAD\r\n");
+    return;
+  }
+  switch (which) {
+  case 1:
+    send_json(conn, 200, admin_stats_json(app), NULL);
+    break;
+  case 2: {
+    int status = 200;
+    json_t *doc = admin_health_json(app, &status);
+    send_json(conn, status, doc, NULL);
+    break;
+  }
+  case 3:
+    serve_metrics(app, conn);
+    break;
+  default:
+    send_json(conn, 200, index_json(app), NULL);
+    break;
+  }
+}

@@ -1,0 +1,797 @@
+/*
+ * proxy.c — coalesced's request path (DESIGN.md §1) on a worker loop.
+ *
+ * A proxied request (preq_t) lives on the loop that received it and is
+ * finished there, exactly once: answered at once (hit, stale, error),
+ * answered when its load is delivered (the flight's callback runs on the
+ * leader's thread and only posts the preq to its own loop's inbox), answered
+ * by its own max_wait timer (the load is cancelled; stale-if-error or 504),
+ * or released when its client went away.
+ *
+ * Invariants kept here:
+ *  - the key is built from the same normalised path and canonical query that
+ *    are sent upstream (cachekey.h), plus identity headers and Vary values;
+ *  - a shared upstream call never carries one client's conditional headers
+ *    or Accept-Encoding (its answer goes to every waiter);
+ *  - a response that may not be shared (private, no-store, Set-Cookie,
+ *    Vary mismatch) reaches only its leader; followers are told
+ *    COALESCE_EUNSHARED and retry at once, in parallel, each on its own;
+ *  - the proxy only talks to the route's configured upstream: the URL is
+ *    upstream base + normalised path, never the client's Host or authority.
+ */
+#include "proxy.h"
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "app.h"
+#include "cachekey.h"
+#include "log.h"
+#include "policy.h"
+#include "response.h"
+#include "upstream.h"
+#include "worker.h"
+
+#define MAX_UNSHARED_RETRIES 3
+
+typedef struct preq {
+  worker_msg_t msg; /* delivery of the load's answer to our loop */
+  worker_t *w;
+  app_t *app;
+  http_conn_t *conn;
+  const http_request_t *req;
+  config_t *cfg;
+  const config_route_t *route;
+  const config_upstream_t *up;
+  app_upstream_t *aup;
+  cachekey_t key;
+  char *target; /* normalised path + '?' + canonical query */
+  size_t target_len;
+  bool head;
+  bool vary_keyed;
+  int attempts;
+  bool solo;
+  coalesce_load_t *load;
+  uv_timer_t timer;
+  bool timer_on;
+  bool waiting;
+  bool aborted;
+  coalesce_load_result_t result;
+  coalesce_value_t *sent; /* held until written */
+  char tail[192];
+  uv_buf_t bufs[3];
+} preq_t;
+
+/* One upstream call in progress: a flight's fetch, or a pass-through. */
+typedef struct fetchctx {
+  app_t *app;
+  worker_t *w;
+  coalesce_fetch_t *fetch; /* NULL for a pass-through */
+  preq_t *pass;            /* the pass-through request */
+  config_t *cfg;
+  const config_route_t *route;
+  app_upstream_t *aup;
+  coalesce_value_t *stale;
+  bool authorized;
+  bool vary_keyed;
+  char *url;
+  cachekey_t primary; /* for a response with Vary */
+  /* the leader's request headers, copied: Vary may name any of them */
+  hdr_t *hdrs;
+  size_t nhdrs;
+  char *hdr_mem;
+} fetchctx_t;
+
+static void preq_start_cacheable(preq_t *p);
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static uint64_t ms2ns(uint64_t ms) { return ms * COALESCE_NS_PER_MS; }
+
+static const char *req_header(void *ud, const char *name, size_t *len) {
+  return http_request_header((const http_request_t *)ud, name, len);
+}
+
+static void preq_free_now(uv_handle_t *h) {
+  preq_t *p = h->data;
+  cachekey_free(&p->key);
+  free(p->target);
+  free(p);
+}
+
+/* Frees p (the request must already be finished). */
+static void preq_free(preq_t *p) {
+  if (p->load != NULL)
+    coalesce_load_free(p->load);
+  p->load = NULL;
+  coalesce_value_release(p->sent);
+  p->sent = NULL;
+  if (p->timer_on) {
+    uv_timer_stop(&p->timer);
+    p->timer.data = p;
+    uv_close((uv_handle_t *)&p->timer, preq_free_now);
+    return;
+  }
+  cachekey_free(&p->key);
+  free(p->target);
+  free(p);
+}
+
+static void preq_release(preq_t *p) {
+  http_conn_release(p->conn);
+  preq_free(p);
+}
+
+/* ---- answers ------------------------------------------------------------ */
+
+static void send_error(preq_t *p, int status, int code, const char *message,
+                       const char *xcache, uint64_t retry_after_s) {
+  json_t *body = json_pack("{s:s,s:s}", "error", metrics_error_code(code),
+                           "message", message ? message : "");
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  json_decref(body);
+  char extra[128];
+  int n = snprintf(extra, sizeof extra, "X-Cache: %s\r\nAge: 0\r\n", xcache);
+  if (retry_after_s > 0 && n > 0 && (size_t)n < sizeof extra)
+    snprintf(extra + n, sizeof extra - (size_t)n, "Retry-After: %llu\r\n",
+             (unsigned long long)retry_after_s);
+  const char *b = text ? text : "{\"error\":\"internal\"}";
+  http_conn_send_simple(p->conn, status, "application/json", extra, b,
+                        strlen(b), false);
+  free(text);
+  metrics_error(p->app->metrics, code);
+  metrics_answer(p->app->metrics, METRIC_SRC_ERROR, status);
+  LOG_DEBUG("request", "method=%s status=%d x_cache=%s error=%s",
+            p->req->method_name, status, xcache, metrics_error_code(code));
+  preq_free(p);
+}
+
+static void send_load_error(preq_t *p, int err, coalesce_value_t *msgval,
+                            coalesce_source_t src) {
+  const char *msg = msgval ? (const char *)response_of(msgval) : NULL;
+  /* an error value carries its message text as plain bytes */
+  msg = msgval ? (const char *)coalesce_value_data(msgval) : NULL;
+  const char *xc = coalesce_source_name(src);
+  switch (err) {
+  case COALESCE_ETIMEDOUT:
+    send_error(p, 504, METRIC_ERR_WAIT_TIMEOUT,
+               "no answer within max_wait; the upstream call goes on", xc, 0);
+    break;
+  case COALESCE_EUPSTREAM_TIMEOUT:
+  case COALESCE_EEXPIRED:
+    send_error(p, 504, METRIC_ERR_UPSTREAM_TIMEOUT,
+               msg ? msg : "upstream timed out", xc, 0);
+    break;
+  case COALESCE_ECIRCUIT_OPEN: {
+    uint64_t in = p->aup ? coalesce_breaker_retry_in(p->aup->breaker) : 0;
+    send_error(p, 503, METRIC_ERR_CIRCUIT_OPEN,
+               "upstream circuit breaker is open and no stale copy exists", xc,
+               (in + COALESCE_NS_PER_SEC - 1) / COALESCE_NS_PER_SEC);
+    break;
+  }
+  case COALESCE_EOVERLOADED:
+  case COALESCE_ENOMEM:
+    send_error(p, 503, METRIC_ERR_OVERLOADED, coalesce_strerror(err), xc, 1);
+    break;
+  default:
+    send_error(p, 502, METRIC_ERR_UPSTREAM_ERROR,
+               msg ? msg : coalesce_strerror(err), xc, 0);
+    break;
+  }
+}
+
+static void on_written(void *ud, int status) {
+  (void)status;
+  preq_free(ud);
+}
+
+/* Answers with a stored/shared response: one writev of the pre-built head,
+ * this answer's tail (X-Cache, Age) and the shared body — no copy. Takes
+ * the value reference. */
+static void send_value(preq_t *p, coalesce_value_t *v, const char *xcache,
+                       uint64_t age_s, int metric_source) {
+  const response_t *r = response_of(v);
+  size_t tl = response_tail(p->tail, sizeof p->tail, xcache, age_s,
+                            http_conn_will_close(p->conn), NULL);
+  p->bufs[0] = uv_buf_init((char *)r->head, (unsigned)r->head_len);
+  p->bufs[1] = uv_buf_init(p->tail, (unsigned)tl);
+  unsigned n = 2;
+  if (!p->head && r->body_len > 0)
+    p->bufs[n++] = uv_buf_init((char *)r->body, (unsigned)r->body_len);
+  p->sent = v;
+  metrics_answer(p->app->metrics, metric_source, r->status);
+  LOG_DEBUG("request", "method=%s status=%d x_cache=%s", p->req->method_name,
+            r->status, xcache);
+  if (http_conn_send(p->conn, p->bufs, n, false, on_written, p) != 0)
+    preq_free(p);
+}
+
+/* Finishes p with a load result (owns res->value). */
+static void respond(preq_t *p, coalesce_load_result_t *res) {
+  if (res->err != 0 || res->value == NULL) {
+    int err = res->err ? res->err : COALESCE_EFETCH;
+    coalesce_value_t *msg = res->value;
+    send_load_error(p, err, msg, res->source);
+    coalesce_value_release(msg);
+    return;
+  }
+  const response_t *r = response_of(res->value);
+  uint64_t age = res->source == COALESCE_SRC_MISS ||
+                         res->source == COALESCE_SRC_COALESCED ||
+                         res->source == COALESCE_SRC_BYPASS
+                     ? r->upstream_age
+                     : res->age_ns / COALESCE_NS_PER_SEC;
+  send_value(p, res->value, coalesce_source_name(res->source), age,
+             (int)res->source);
+}
+
+/* ---- waiting: delivery, timeout, abort ----------------------------------- */
+
+static void on_delivery(worker_msg_t *msg) {
+  preq_t *p = (preq_t *)((char *)msg - offsetof(preq_t, msg));
+  p->waiting = false;
+  if (p->timer_on)
+    uv_timer_stop(&p->timer);
+  coalesce_load_free(p->load);
+  p->load = NULL;
+  if (p->aborted) {
+    coalesce_value_release(p->result.value);
+    preq_release(p);
+    return;
+  }
+  if (p->result.err == COALESCE_EUNSHARED) {
+    /* The leader's answer was private (or varied): go again at once. If
+     * the key is unchanged, go solo so nobody waits on anyone. */
+    p->attempts++;
+    preq_start_cacheable(p);
+    return;
+  }
+  respond(p, &p->result);
+}
+
+/* Any thread: the load's answer; hand it to our loop. */
+static void on_load_done(void *ud, coalesce_load_result_t *res) {
+  preq_t *p = ud;
+  p->result = *res;
+  p->msg.run = on_delivery;
+  worker_post(p->w, &p->msg);
+}
+
+static void on_wait_timeout(uv_timer_t *t) {
+  preq_t *p = t->data;
+  if (!p->waiting)
+    return;
+  coalesce_load_result_t fb;
+  if (coalesce_loader_cancel(p->app->loader, p->load, &fb) != 0)
+    return; /* the answer is already on its way to our inbox */
+  coalesce_load_free(p->load);
+  p->load = NULL;
+  p->waiting = false;
+  respond(p, &fb);
+}
+
+static void on_abort(void *ud, http_conn_t *conn) {
+  (void)conn;
+  preq_t *p = ud;
+  p->aborted = true;
+  if (!p->waiting)
+    return; /* a pass-through in progress releases when its call ends */
+  coalesce_load_result_t fb;
+  if (coalesce_loader_cancel(p->app->loader, p->load, &fb) != 0)
+    return; /* delivery will see `aborted` */
+  coalesce_value_release(fb.value);
+  coalesce_load_free(p->load);
+  p->load = NULL;
+  p->waiting = false;
+  preq_release(p);
+}
+
+/* ---- the cacheable path ------------------------------------------------- */
+
+/* Key of the record that says which headers this URL varies on. */
+static void vary_record_key(const cachekey_t *primary, cachekey_t *out) {
+  cachekey_reset(out);
+  cachekey_add(out, primary->data, primary->len);
+  cachekey_add(out, "R", 1);
+}
+
+static void build_key(preq_t *p) {
+  const config_route_t *rt = p->route;
+  const char *query = memchr(p->target, '?', p->target_len);
+  size_t path_len = query ? (size_t)(query - p->target) : p->target_len;
+  size_t qlen = query ? p->target_len - path_len - 1 : 0;
+  cachekey_build(&p->key, 'G', (unsigned)rt->upstream, p->target, path_len,
+                 query ? query + 1 : "", qlen,
+                 (const char *const *)rt->identity_headers,
+                 rt->nidentity_headers, req_header, (void *)p->req);
+  p->vary_keyed = false;
+  /* Has this URL answered with Vary before? Then key on those headers. */
+  cachekey_t rk;
+  cachekey_init(&rk);
+  vary_record_key(&p->key, &rk);
+  coalesce_lookup_t lk;
+  if (!rk.oom && coalesce_cache_get(p->app->cache, rk.data, rk.len, &lk) == 0) {
+    const char *vary = coalesce_value_data(lk.value);
+    if (cachekey_add_vary(&p->key, vary, coalesce_value_len(lk.value),
+                          req_header, (void *)p->req))
+      p->vary_keyed = true;
+    coalesce_value_release(lk.value);
+  }
+  cachekey_free(&rk);
+}
+
+static void preq_start_cacheable(preq_t *p) {
+  cachekey_t before;
+  cachekey_init(&before);
+  if (p->attempts > 0)
+    cachekey_add(&before, p->key.data, p->key.len);
+  build_key(p);
+  if (p->key.oom) {
+    cachekey_free(&before);
+    send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "MISS", 1);
+    return;
+  }
+  if (p->attempts > 0) {
+    /* same key again after EUNSHARED, or too many tries: go solo */
+    cachekey_t again;
+    cachekey_init(&again);
+    cachekey_add(&again, p->key.data, p->key.len);
+    p->solo = p->attempts >= MAX_UNSHARED_RETRIES ||
+              (again.len == before.len &&
+               memcmp(again.data, before.data, again.len) == 0);
+    cachekey_free(&again);
+  }
+  cachekey_free(&before);
+
+  const config_route_t *rt = p->route;
+  coalesce_load_opts_t o;
+  coalesce_load_opts_init(&o);
+  o.ttl.fresh_ns = ms2ns(rt->ttl_ms);
+  o.ttl.swr_ns = ms2ns(rt->stale_ms);
+  o.ttl.sie_ns = ms2ns(rt->stale_if_error_ms);
+  o.breaker = p->aup ? p->aup->breaker : NULL;
+  o.fetch_ctx = p;
+  o.flags = p->solo ? COALESCE_LOAD_SOLO : 0;
+
+  coalesce_load_result_t now;
+  memset(&now, 0, sizeof now);
+  int rc = coalesce_loader_load(p->app->loader, p->key.data, p->key.len, &o,
+                                on_load_done, p, &now, &p->load);
+  if (rc == COALESCE_PENDING) {
+    /* Any answer is posted to our inbox, so nothing has run yet. */
+    p->waiting = true;
+    http_conn_set_abort(p->conn, on_abort, p);
+    if (!p->timer_on) {
+      uv_timer_init(&p->w->loop, &p->timer);
+      p->timer.data = p;
+      p->timer_on = true;
+    }
+    uv_timer_start(&p->timer, on_wait_timeout, rt->max_wait_ms, 0);
+    return;
+  }
+  if (rc < 0) {
+    now.err = rc;
+    now.value = NULL;
+    now.source = COALESCE_SRC_MISS;
+  }
+  respond(p, &now);
+}
+
+/* ---- upstream calls ------------------------------------------------------ */
+
+static bool name_is(const char *n, size_t len, const char *want) {
+  return strlen(want) == len && strncasecmp(n, want, len) == 0;
+}
+
+/* Client fields never forwarded on a shared (coalesced) call: its answer
+ * goes to every waiter, so one client's validators or encodings must not
+ * shape it. */
+static bool shared_call_drops(const char *n, size_t len) {
+  return name_is(n, len, "if-none-match") ||
+         name_is(n, len, "if-modified-since") || name_is(n, len, "if-match") ||
+         name_is(n, len, "if-unmodified-since") ||
+         name_is(n, len, "if-range") || name_is(n, len, "range") ||
+         name_is(n, len, "accept-encoding");
+}
+
+static bool injected(const config_upstream_t *up, const char *n, size_t len) {
+  for (size_t i = 0; i < up->nheaders; i++)
+    if (name_is(n, len, up->headers[i].name))
+      return true;
+  return false;
+}
+
+static void fetchctx_free(fetchctx_t *fx) {
+  coalesce_value_release(fx->stale);
+  cachekey_free(&fx->primary);
+  free(fx->url);
+  free(fx->hdrs);
+  free(fx->hdr_mem);
+  free(fx);
+}
+
+static const char *fx_header(void *ud, const char *name, size_t *len) {
+  fetchctx_t *fx = ud;
+  for (size_t i = 0; i < fx->nhdrs; i++) {
+    if (name_is(fx->hdrs[i].name, fx->hdrs[i].name_len, name)) {
+      *len = fx->hdrs[i].value_len;
+      return fx->hdrs[i].value;
+    }
+  }
+  return NULL;
+}
+
+/* Copies the request's headers into fx (for Vary on the response). */
+static int copy_headers(fetchctx_t *fx, const http_request_t *req) {
+  size_t total = 0;
+  for (size_t i = 0; i < req->nheaders; i++)
+    total += req->headers[i].name_len + req->headers[i].value_len + 2;
+  fx->hdrs = calloc(req->nheaders ? req->nheaders : 1, sizeof *fx->hdrs);
+  fx->hdr_mem = malloc(total ? total : 1);
+  if (fx->hdrs == NULL || fx->hdr_mem == NULL)
+    return -1;
+  char *m = fx->hdr_mem;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const http_header_t *h = &req->headers[i];
+    memcpy(m, h->name, h->name_len);
+    m[h->name_len] = '\0';
+    fx->hdrs[i].name = m;
+    fx->hdrs[i].name_len = h->name_len;
+    m += h->name_len + 1;
+    memcpy(m, h->value, h->value_len);
+    m[h->value_len] = '\0';
+    fx->hdrs[i].value = m;
+    fx->hdrs[i].value_len = h->value_len;
+    m += h->value_len + 1;
+  }
+  fx->nhdrs = req->nheaders;
+  return 0;
+}
+
+/* Builds and sends the upstream request for p. `shared`: a flight's call
+ * (conditionals of our own from `stale`); else a pass-through. */
+static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
+                         upstream_done_fn done) {
+  const config_upstream_t *up = p->up;
+  const http_request_t *req = p->req;
+  size_t ulen = strlen(up->url) + p->target_len + 1;
+  fx->url = malloc(ulen);
+  if (fx->url == NULL)
+    return UPSTREAM_ENOMEM;
+  snprintf(fx->url, ulen, "%s%.*s", up->url, (int)p->target_len, p->target);
+
+  size_t conn_len = 0;
+  const char *conn = http_request_header(req, "connection", &conn_len);
+  size_t cap = req->nheaders + up->nheaders + 2;
+  upstream_header_t *h = calloc(cap, sizeof *h);
+  if (h == NULL)
+    return UPSTREAM_ENOMEM;
+  size_t n = 0;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const http_header_t *rh = &req->headers[i];
+    if (response_is_hop_by_hop(rh->name, rh->name_len, conn, conn_len) ||
+        name_is(rh->name, rh->name_len, "host") ||
+        name_is(rh->name, rh->name_len, "content-length") ||
+        name_is(rh->name, rh->name_len, "expect") ||
+        injected(up, rh->name, rh->name_len) ||
+        (shared && shared_call_drops(rh->name, rh->name_len)))
+      continue;
+    h[n++] = (upstream_header_t){rh->name, rh->name_len, rh->value,
+                                 rh->value_len};
+  }
+  for (size_t i = 0; i < up->nheaders; i++)
+    h[n++] = (upstream_header_t){up->headers[i].name,
+                                 strlen(up->headers[i].name),
+                                 up->headers[i].value,
+                                 strlen(up->headers[i].value)};
+  if (shared && fx->stale != NULL) {
+    const response_t *s = response_of(fx->stale);
+    size_t vl;
+    const char *v;
+    if ((v = response_header(s, "etag", &vl)) != NULL)
+      h[n++] = (upstream_header_t){"If-None-Match", 13, v, vl};
+    else if ((v = response_header(s, "last-modified", &vl)) != NULL)
+      h[n++] = (upstream_header_t){"If-Modified-Since", 17, v, vl};
+  }
+  upstream_request_t ur = {0};
+  ur.method = shared ? "GET" : req->method_name;
+  ur.url = fx->url;
+  ur.headers = h;
+  ur.nheaders = n;
+  if (!shared && req->body_len > 0) {
+    ur.body = req->body;
+    ur.body_len = req->body_len;
+  }
+  ur.connect_timeout_ms = (uint32_t)up->connect_timeout_ms;
+  ur.timeout_ms = (uint32_t)p->route->upstream_timeout_ms;
+  ur.max_response_bytes = p->cfg->server.max_response_bytes;
+  ur.ca_file = up->ca_file;
+  ur.tls_insecure = !up->tls_verify;
+  ur.http2 = true;
+  int rc = upstream_fetch(p->w->upstream, &ur, done, fx);
+  free(h);
+  return rc;
+}
+
+static int map_upstream_err(int uerr) {
+  return uerr == UPSTREAM_ETIMEOUT ? COALESCE_EUPSTREAM_TIMEOUT
+                                   : COALESCE_EFETCH;
+}
+
+static coalesce_value_t *build_response(upstream_response_t *resp,
+                                        const coalesce_value_t *stale) {
+  hdr_t *hs = calloc(resp->nheaders ? resp->nheaders : 1, sizeof *hs);
+  if (hs == NULL)
+    return NULL;
+  for (size_t i = 0; i < resp->nheaders; i++)
+    hs[i] = (hdr_t){resp->headers[i].name, resp->headers[i].name_len,
+                    resp->headers[i].value, resp->headers[i].value_len};
+  coalesce_value_t *v;
+  if (resp->status == 304 && stale != NULL)
+    v = response_refresh(response_of(stale), hs, resp->nheaders, time(NULL));
+  else
+    v = response_new(resp->status, hs, resp->nheaders, resp->body,
+                     resp->body_len, time(NULL));
+  free(hs);
+  return v;
+}
+
+static void on_fetch_done(void *ud, upstream_response_t *resp) {
+  fetchctx_t *fx = ud;
+  app_t *app = fx->app;
+  metrics_upstream_call(app->metrics, fx->aup ? fx->aup->metric : -1,
+                        resp->status, resp->err, resp->total_time_us);
+  coalesce_fetch_result_t res;
+  memset(&res, 0, sizeof res);
+  if (resp->err != 0) {
+    LOG_INFO("upstream_call", "upstream=%s status=0 error=%s ms=%.1f",
+             fx->aup ? fx->aup->name : "-", upstream_strerror(resp->err),
+             (double)resp->total_time_us / 1000.0);
+    res.err = map_upstream_err(resp->err);
+    res.value = coalesce_value_new(resp->errmsg, strlen(resp->errmsg));
+    coalesce_fetch_done(fx->fetch, &res);
+    coalesce_value_release(res.value);
+    fetchctx_free(fx);
+    return;
+  }
+  LOG_INFO("upstream_call", "upstream=%s status=%d ms=%.1f reused=%d",
+           fx->aup ? fx->aup->name : "-", resp->status,
+           (double)resp->total_time_us / 1000.0, resp->reused);
+  coalesce_value_t *v = build_response(resp, fx->stale);
+  if (v == NULL) {
+    res.err = COALESCE_ENOMEM;
+    coalesce_fetch_done(fx->fetch, &res);
+    fetchctx_free(fx);
+    return;
+  }
+  const config_route_t *rt = fx->route;
+  policy_route_t pr = {
+      .mode = rt->policy == CONFIG_POLICY_ORIGIN ? POLICY_ORIGIN
+                                                 : POLICY_OVERRIDE,
+      .ttl_ns = ms2ns(rt->ttl_ms),
+      .swr_ns = ms2ns(rt->stale_ms),
+      .sie_ns = ms2ns(rt->stale_if_error_ms)};
+  int statuses[64];
+  size_t ns = rt->ncache_statuses < 64 ? rt->ncache_statuses : 64;
+  for (size_t i = 0; i < ns; i++)
+    statuses[i] = rt->cache_statuses[i];
+  pr.statuses = statuses;
+  pr.n_statuses = ns;
+  policy_decision_t d;
+  const response_t *r = response_of(v);
+  policy_decide(&pr, r, fx->authorized, time(NULL), &d);
+  res.value = v;
+  res.flags = COALESCE_RESULT_TTL;
+  res.ttl = d.ttl;
+  res.retry_after_ns = d.retry_after_ns;
+  if (d.failure)
+    res.flags |= COALESCE_RESULT_FAILURE;
+  if (!d.store)
+    res.flags |= COALESCE_RESULT_NOSTORE;
+  if (!d.share)
+    res.flags |= COALESCE_RESULT_NOSHARE;
+
+  size_t vl = 0;
+  const char *vary = response_header(r, "vary", &vl);
+  if (vary != NULL && d.share && !fx->vary_keyed) {
+    /* First answer with Vary for this URL: store it under its variant key
+     * and remember the Vary list; this flight's followers may have other
+     * header values, so they retry and key on the variant themselves. */
+    cachekey_t variant, rec;
+    cachekey_init(&variant);
+    cachekey_init(&rec);
+    cachekey_add(&variant, fx->primary.data, fx->primary.len);
+    if (cachekey_add_vary(&variant, vary, vl, fx_header, fx) && d.store &&
+        !variant.oom) {
+      (void)coalesce_cache_put(app->cache, variant.data, variant.len, v,
+                               &d.ttl);
+      vary_record_key(&fx->primary, &rec);
+      coalesce_value_t *list = coalesce_value_new(vary, vl);
+      coalesce_ttl_t rttl = d.ttl;
+      rttl.sie_ns += ms2ns(rt->stale_if_error_ms);
+      if (list != NULL && !rec.oom)
+        (void)coalesce_cache_put(app->cache, rec.data, rec.len, list, &rttl);
+      coalesce_value_release(list);
+    }
+    res.flags |= COALESCE_RESULT_NOSTORE | COALESCE_RESULT_NOSHARE;
+    cachekey_free(&variant);
+    cachekey_free(&rec);
+  }
+  if (!d.store && d.why != NULL)
+    LOG_DEBUG("not_stored", "status=%d reason=%s", r->status, d.why);
+  coalesce_fetch_done(fx->fetch, &res);
+  coalesce_value_release(v);
+  fetchctx_free(fx);
+}
+
+void proxy_fetch_start(void *ud, const void *key, size_t keylen,
+                       void *fetch_ctx, coalesce_value_t *stale,
+                       coalesce_fetch_t *fetch) {
+  app_t *app = ud;
+  preq_t *p = fetch_ctx;
+  fetchctx_t *fx = calloc(1, sizeof *fx);
+  coalesce_fetch_result_t fail = {.err = COALESCE_ENOMEM};
+  if (fx == NULL || p == NULL) {
+    free(fx);
+    coalesce_fetch_done(fetch, &fail);
+    return;
+  }
+  fx->app = app;
+  fx->w = p->w;
+  fx->fetch = fetch;
+  fx->cfg = p->cfg;
+  fx->route = p->route;
+  fx->aup = p->aup;
+  fx->stale = coalesce_value_ref(stale);
+  fx->authorized = http_request_header(p->req, "authorization", NULL) != NULL;
+  fx->vary_keyed = p->vary_keyed;
+  cachekey_init(&fx->primary);
+  cachekey_add(&fx->primary, key, keylen);
+  /* the flight's key is the primary key unless it already holds Vary */
+  fx->primary.len = 0;
+  if (!p->vary_keyed) {
+    fx->primary.oom = false;
+    free(fx->primary.data);
+    cachekey_init(&fx->primary);
+    /* raw copy: primary keys are stored byte for byte */
+    fx->primary.data = malloc(keylen ? keylen : 1);
+    if (fx->primary.data != NULL) {
+      memcpy(fx->primary.data, key, keylen);
+      fx->primary.len = fx->primary.cap = keylen;
+    } else {
+      fx->primary.oom = true;
+    }
+  }
+  int rc = copy_headers(fx, p->req);
+  if (rc == 0)
+    rc = send_upstream(fx, p, true, on_fetch_done);
+  if (rc != 0) {
+    coalesce_fetch_result_t res = {.err = COALESCE_EFETCH};
+    res.value = coalesce_value_new(upstream_strerror(rc),
+                                   strlen(upstream_strerror(rc)));
+    coalesce_fetch_done(fetch, &res);
+    coalesce_value_release(res.value);
+    fetchctx_free(fx);
+  }
+}
+
+/* ---- pass-through (non-GET/HEAD) ---------------------------------------- */
+
+static void on_pass_done(void *ud, upstream_response_t *resp) {
+  fetchctx_t *fx = ud;
+  preq_t *p = fx->pass;
+  metrics_upstream_call(fx->app->metrics, fx->aup ? fx->aup->metric : -1,
+                        resp->status, resp->err, resp->total_time_us);
+  metrics_add(&fx->app->metrics->passthrough, 1);
+  LOG_INFO("upstream_call", "upstream=%s method=%s status=%d ms=%.1f",
+           fx->aup ? fx->aup->name : "-", p->req->method_name, resp->status,
+           (double)resp->total_time_us / 1000.0);
+  fetchctx_free(fx);
+  if (p->aborted) {
+    preq_release(p);
+    return;
+  }
+  http_conn_set_abort(p->conn, NULL, NULL);
+  if (resp->err != 0) {
+    bool timeout = resp->err == UPSTREAM_ETIMEOUT;
+    send_error(p, timeout ? 504 : 502,
+               timeout ? METRIC_ERR_UPSTREAM_TIMEOUT : METRIC_ERR_UPSTREAM_ERROR,
+               resp->errmsg, "BYPASS", 0);
+    return;
+  }
+  coalesce_value_t *v = build_response(resp, NULL);
+  if (v == NULL) {
+    send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "BYPASS", 1);
+    return;
+  }
+  send_value(p, v, "BYPASS", response_of(v)->upstream_age, METRIC_SRC_PASS);
+}
+
+static void on_pass_abort(void *ud, http_conn_t *conn) {
+  (void)conn;
+  ((preq_t *)ud)->aborted = true; /* released when the call ends */
+}
+
+static void preq_start_pass(preq_t *p) {
+  fetchctx_t *fx = calloc(1, sizeof *fx);
+  if (fx == NULL) {
+    send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "BYPASS", 1);
+    return;
+  }
+  fx->app = p->app;
+  fx->w = p->w;
+  fx->pass = p;
+  fx->cfg = p->cfg;
+  fx->route = p->route;
+  fx->aup = p->aup;
+  cachekey_init(&fx->primary);
+  int rc = send_upstream(fx, p, false, on_pass_done);
+  if (rc != 0) {
+    fetchctx_free(fx);
+    send_error(p, 502, METRIC_ERR_UPSTREAM_ERROR, upstream_strerror(rc),
+               "BYPASS", 0);
+    return;
+  }
+  http_conn_set_abort(p->conn, on_pass_abort, p);
+}
+
+/* ---- entry ---------------------------------------------------------------- */
+
+void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
+  worker_t *w = ud;
+  app_t *app = w->app;
+  preq_t *p = calloc(1, sizeof *p);
+  if (p == NULL) {
+    http_conn_send_error(conn, 503, "overloaded", "out of memory");
+    return;
+  }
+  p->w = w;
+  p->app = app;
+  p->conn = conn;
+  p->req = req;
+  p->cfg = app_config(app);
+  cachekey_init(&p->key);
+  p->route = config_match_route(p->cfg, req->path, req->path_len);
+  if (p->route == NULL) {
+    send_error(p, 404, METRIC_ERR_NO_ROUTE, "no route matches this path",
+               "MISS", 0);
+    return;
+  }
+  p->up = &p->cfg->upstreams[p->route->upstream];
+  p->aup = app_upstream(app, p->up->name);
+
+  size_t cap = req->path_len * 3 + req->query_len * 3 + 4;
+  p->target = malloc(cap);
+  if (p->target == NULL) {
+    send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "MISS", 1);
+    return;
+  }
+  long pl = cachekey_normalize_path(req->path, req->path_len, p->target, cap);
+  long ql = pl < 0 ? -1
+                   : cachekey_canonical_query(req->query, req->query_len,
+                                              p->target + pl + 1,
+                                              cap - (size_t)pl - 1);
+  if (pl < 0 || ql < 0) {
+    send_error(p, 400, METRIC_ERR_BAD_REQUEST,
+               "invalid characters or escapes in the request target", "MISS",
+               0);
+    return;
+  }
+  p->target_len = (size_t)pl;
+  if (ql > 0) {
+    p->target[pl] = '?';
+    p->target_len += 1 + (size_t)ql;
+  }
+  p->target[p->target_len] = '\0';
+
+  if (req->method == HTTP_GET || req->method == HTTP_HEAD) {
+    p->head = req->method == HTTP_HEAD;
+    preq_start_cacheable(p);
+  } else {
+    preq_start_pass(p);
+  }
+}

@@ -1,0 +1,240 @@
+/* response.c — stored, shareable upstream responses; see response.h. */
+#include "response.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cachecontrol.h"
+
+static bool name_eq(const char *a, size_t alen, const char *b) {
+  return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
+}
+
+/* Is `name` one of the comma-separated tokens of a Connection value? */
+static bool listed(const char *name, size_t len, const char *list,
+                   size_t list_len) {
+  size_t i = 0;
+  while (i < list_len) {
+    while (i < list_len && (list[i] == ' ' || list[i] == '\t' || list[i] == ','))
+      i++;
+    size_t j = i;
+    while (j < list_len && list[j] != ',' && list[j] != ' ' && list[j] != '\t')
+      j++;
+    if (j - i == len && strncasecmp(list + i, name, len) == 0)
+      return true;
+    i = j;
+  }
+  return false;
+}
+
+bool response_is_hop_by_hop(const char *name, size_t len,
+                            const char *connection, size_t conn_len) {
+  static const char *const hop[] = {
+      "connection",          "keep-alive", "proxy-connection",
+      "proxy-authenticate",  "proxy-authorization", "te",
+      "trailer",             "transfer-encoding",   "upgrade"};
+  for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
+    if (name_eq(name, len, hop[i]))
+      return true;
+  return connection != NULL && listed(name, len, connection, conn_len);
+}
+
+static const char *reason(int status) {
+  switch (status) {
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 203: return "Non-Authoritative Information";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 300: return "Multiple Choices";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 303: return "See Other";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 422: return "Unprocessable Content";
+  case 429: return "Too Many Requests";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: return "Status";
+  }
+}
+
+/* Fields written per answer or by us, never copied from upstream. */
+static bool per_answer(const char *name, size_t len) {
+  return name_eq(name, len, "content-length") || name_eq(name, len, "age") ||
+         name_eq(name, len, "x-cache");
+}
+
+static void free_response(void *p, void *ud) {
+  (void)ud;
+  free(p);
+}
+
+coalesce_value_t *response_new(int status, const hdr_t *headers,
+                               size_t n_headers, const void *body,
+                               size_t body_len, time_t received) {
+  const char *conn = NULL;
+  size_t conn_len = 0;
+  for (size_t i = 0; i < n_headers; i++) {
+    if (name_eq(headers[i].name, headers[i].name_len, "connection")) {
+      conn = headers[i].value;
+      conn_len = headers[i].value_len;
+    }
+  }
+  /* Size everything first: one allocation holds struct, field table,
+   * field strings, head and body. */
+  size_t kept = 0, strings = 0, head = 64;
+  for (size_t i = 0; i < n_headers; i++) {
+    const hdr_t *h = &headers[i];
+    if (response_is_hop_by_hop(h->name, h->name_len, conn, conn_len) ||
+        per_answer(h->name, h->name_len))
+      continue;
+    kept++;
+    strings += h->name_len + h->value_len + 2;
+    head += h->name_len + h->value_len + 4;
+  }
+  head += 48; /* Content-Length line */
+  size_t total = sizeof(response_t) + kept * sizeof(hdr_t) + strings + head +
+                 body_len + 1;
+  char *mem = malloc(total);
+  if (mem == NULL)
+    return NULL;
+  response_t *r = (response_t *)mem;
+  hdr_t *table = (hdr_t *)(mem + sizeof *r);
+  char *sp = (char *)(table + kept);
+  char *hp = sp + strings;
+  char *bp = hp + head;
+
+  size_t hl = (size_t)snprintf(hp, head, "HTTP/1.1 %d %s\r\n", status,
+                               reason(status));
+  size_t k = 0;
+  r->date = received;
+  r->upstream_age = 0;
+  for (size_t i = 0; i < n_headers; i++) {
+    const hdr_t *h = &headers[i];
+    if (name_eq(h->name, h->name_len, "age")) {
+      char tmp[24];
+      size_t n = h->value_len < sizeof tmp - 1 ? h->value_len : sizeof tmp - 1;
+      memcpy(tmp, h->value, n);
+      tmp[n] = '\0';
+      char *end;
+      unsigned long long a = strtoull(tmp, &end, 10);
+      if (end != tmp && *end == '\0')
+        r->upstream_age = a;
+    }
+    if (response_is_hop_by_hop(h->name, h->name_len, conn, conn_len) ||
+        per_answer(h->name, h->name_len))
+      continue;
+    table[k].name = sp;
+    memcpy(sp, h->name, h->name_len);
+    sp[h->name_len] = '\0';
+    sp += h->name_len + 1;
+    table[k].name_len = h->name_len;
+    table[k].value = sp;
+    memcpy(sp, h->value, h->value_len);
+    sp[h->value_len] = '\0';
+    sp += h->value_len + 1;
+    table[k].value_len = h->value_len;
+    if (name_eq(h->name, h->name_len, "date")) {
+      time_t d;
+      if (http_date_parse(h->value, h->value_len, &d))
+        r->date = d;
+    }
+    memcpy(hp + hl, h->name, h->name_len);
+    hl += h->name_len;
+    memcpy(hp + hl, ": ", 2);
+    hl += 2;
+    memcpy(hp + hl, h->value, h->value_len);
+    hl += h->value_len;
+    memcpy(hp + hl, "\r\n", 2);
+    hl += 2;
+    k++;
+  }
+  /* 1xx, 204 and 304 carry no Content-Length (RFC 9110 §8.6). */
+  if (!(status < 200 || status == 204 || status == 304))
+    hl += (size_t)snprintf(hp + hl, head - hl, "Content-Length: %zu\r\n",
+                           body_len);
+  if (body_len > 0)
+    memcpy(bp, body, body_len);
+  bp[body_len] = '\0';
+  r->status = status;
+  r->head = hp;
+  r->head_len = hl;
+  r->body = bp;
+  r->body_len = body_len;
+  r->headers = table;
+  r->n_headers = kept;
+  r->received = received;
+  coalesce_value_t *v =
+      coalesce_value_adopt(mem, body_len, total, free_response, NULL);
+  if (v == NULL)
+    free(mem);
+  return v;
+}
+
+coalesce_value_t *response_refresh(const response_t *stored,
+                                   const hdr_t *headers, size_t n_headers,
+                                   time_t received) {
+  /* Stored fields not named in the 304, then the 304's own fields. */
+  size_t cap = stored->n_headers + n_headers;
+  hdr_t *merged = malloc((cap ? cap : 1) * sizeof *merged);
+  if (merged == NULL)
+    return NULL;
+  size_t n = 0;
+  for (size_t i = 0; i < stored->n_headers; i++) {
+    const hdr_t *s = &stored->headers[i];
+    bool replaced = false;
+    for (size_t j = 0; j < n_headers && !replaced; j++)
+      replaced = !name_eq(headers[j].name, headers[j].name_len, "content-length") &&
+                 s->name_len == headers[j].name_len &&
+                 strncasecmp(s->name, headers[j].name, s->name_len) == 0;
+    if (!replaced)
+      merged[n++] = *s;
+  }
+  for (size_t j = 0; j < n_headers; j++)
+    if (!name_eq(headers[j].name, headers[j].name_len, "content-length"))
+      merged[n++] = headers[j];
+  coalesce_value_t *v = response_new(stored->status, merged, n, stored->body,
+                                     stored->body_len, received);
+  free(merged);
+  return v;
+}
+
+const char *response_header(const response_t *r, const char *name,
+                            size_t *len) {
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < r->n_headers; i++) {
+    if (r->headers[i].name_len == nl &&
+        strncasecmp(r->headers[i].name, name, nl) == 0) {
+      if (len != NULL)
+        *len = r->headers[i].value_len;
+      return r->headers[i].value;
+    }
+  }
+  return NULL;
+}
+
+size_t response_tail(char *buf, size_t cap, const char *xcache,
+                     uint64_t age_s, bool close, const char *extra) {
+  int n = snprintf(buf, cap, "X-Cache: %s\r\nAge: %llu\r\n%s%s\r\n", xcache,
+                   (unsigned long long)age_s,
+                   close ? "Connection: close\r\n" : "", extra ? extra : "");
+  if (n < 0)
+    return 0;
+  return (size_t)n < cap ? (size_t)n : cap - 1;
+}
