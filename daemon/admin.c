@@ -174,34 +174,37 @@ json_t *admin_stats_json(app_t *app) {
     ok = put(ups, app->upstreams[i].name,
              upstream_json(app, &app->upstreams[i]));
 
-  ok = ok && put(doc, "total_requests", jcount(s.total_requests)) &&
-       put(doc, "coalesced_requests", jcount(s.coalesced_requests)) &&
-       put(doc, "cache_hits", jcount(s.cache_hits)) &&
-       put(doc, "stale_hits", jcount(s.stale_hits)) &&
-       put(doc, "stale_if_error_hits", jcount(s.stale_if_error)) &&
-       put(doc, "api_calls_made", jcount(s.api_calls_made)) &&
-       put(doc, "api_calls_saved", jcount(s.api_calls_saved)) &&
-       put(doc, "pending_requests", jcount(s.pending_requests)) &&
-       put(doc, "hit_rate_percent",
-           json_real(round_to(s.hit_rate_percent, 100.0))) &&
-       put(doc, "background_refreshes", jcount(s.background_refreshes)) &&
-       put(doc, "errors", jcount(s.errors)) &&
-       put(doc, "wait_timeouts", jcount(s.wait_timeouts)) &&
-       put(doc, "bypassed", jcount(s.bypassed)) &&
-       put(doc, "unshared", jcount(s.unshared)) &&
-       put(doc, "breaker_rejections", jcount(s.breaker_rejections)) &&
-       put(doc, "overloaded", jcount(s.overloaded)) &&
-       put(doc, "cache", json_incref(cache)) &&
-       put(doc, "answers", counts_json(app->metrics->by_source,
-                                       METRIC_SRC_COUNT, metrics_source_name)) &&
-       put(doc, "errors_by_code", counts_json(app->metrics->errors,
-                                              METRIC_ERR_COUNT,
-                                              metrics_error_code)) &&
-       put(doc, "upstreams", json_incref(ups)) &&
-       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
-       put(doc, "version", json_string(app->version ? app->version : "unknown")) &&
-       put(doc, "workers", jcount(app->nworkers)) &&
-       put(doc, "connections_open", jcount(hs.connections_open));
+  ok =
+      ok && put(doc, "total_requests", jcount(s.total_requests)) &&
+      put(doc, "coalesced_requests", jcount(s.coalesced_requests)) &&
+      put(doc, "cache_hits", jcount(s.cache_hits)) &&
+      put(doc, "stale_hits", jcount(s.stale_hits)) &&
+      put(doc, "stale_if_error_hits", jcount(s.stale_if_error)) &&
+      put(doc, "api_calls_made", jcount(s.api_calls_made)) &&
+      put(doc, "api_calls_saved", jcount(s.api_calls_saved)) &&
+      put(doc, "pending_requests", jcount(s.pending_requests)) &&
+      put(doc, "hit_rate_percent",
+          json_real(round_to(s.hit_rate_percent, 100.0))) &&
+      put(doc, "background_refreshes", jcount(s.background_refreshes)) &&
+      put(doc, "errors", jcount(s.errors)) &&
+      put(doc, "wait_timeouts", jcount(s.wait_timeouts)) &&
+      put(doc, "bypassed", jcount(s.bypassed)) &&
+      put(doc, "unshared", jcount(s.unshared)) &&
+      put(doc, "breaker_rejections", jcount(s.breaker_rejections)) &&
+      put(doc, "overloaded", jcount(s.overloaded)) &&
+      put(doc, "cache", json_incref(cache)) &&
+      put(doc, "answers",
+          counts_json(app->metrics->by_source, METRIC_SRC_COUNT,
+                      metrics_source_name)) &&
+      put(doc, "errors_by_code",
+          counts_json(app->metrics->errors, METRIC_ERR_COUNT,
+                      metrics_error_code)) &&
+      put(doc, "upstreams", json_incref(ups)) &&
+      put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
+      put(doc, "version",
+          json_string(app->version ? app->version : "unknown")) &&
+      put(doc, "workers", jcount(app->nworkers)) &&
+      put(doc, "connections_open", jcount(hs.connections_open));
   json_decref(cache);
   json_decref(ups);
   if (!ok) {
@@ -245,11 +248,12 @@ json_t *admin_health_json(app_t *app, int *http_status) {
   bool redis_on = cfg != NULL && cfg->redis.url != NULL;
   ok = ok && put(redis, "configured", json_boolean(redis_on)) &&
        put(redis, "state", json_string(redis_on ? "unknown" : "disabled"));
-  ok = ok && put(doc, "status", json_string(status)) &&
-       put(doc, "breakers", json_incref(breakers)) &&
-       put(doc, "redis", json_incref(redis)) &&
-       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
-       put(doc, "draining", json_boolean(draining));
+  ok =
+      ok && put(doc, "status", json_string(status)) &&
+      put(doc, "breakers", json_incref(breakers)) &&
+      put(doc, "redis", json_incref(redis)) &&
+      put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
+      put(doc, "draining", json_boolean(draining));
   json_decref(breakers);
   json_decref(redis);
   if (!ok) {
@@ -329,13 +333,13 @@ static json_t *index_json(app_t *app) {
   return json_pack(
       "{s:s, s:s, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s},"
       " {s:s, s:s, s:s}]}",
-      "service", "coalesced", "version", app->version ? app->version : "unknown",
-      "endpoints",
-      "method", "GET", "path", ADMIN_PATH_STATS, "description",
-      "deduplication, cache and upstream figures",
-      "method", "GET", "path", ADMIN_PATH_HEALTH, "description",
-      "healthy / degraded (200) or unhealthy (503)",
-      "method", "POST", "path", ADMIN_PATH_RESET, "description",
+      "service", "coalesced", "version",
+      app->version ? app->version : "unknown", "endpoints", "method", "GET",
+      "path", ADMIN_PATH_STATS, "description",
+      "deduplication, cache and upstream figures", "method", "GET", "path",
+      ADMIN_PATH_HEALTH, "description",
+      "healthy / degraded (200) or unhealthy (503)", "method", "POST", "path",
+      ADMIN_PATH_RESET, "description",
       "reset the counters (not the cache); admin token when configured",
       "method", "GET", "path", ADMIN_PATH_METRICS, "description",
       "Prometheus text exposition");

@@ -125,8 +125,7 @@ typedef struct up_snap {
  * written, so reading it from any thread is safe. */
 static metrics_upstream_t zero_slot;
 
-static void counter(text_t *t, const char *name, const char *help,
-                    uint64_t v) {
+static void counter(text_t *t, const char *name, const char *help, uint64_t v) {
   family(t, name, "counter", help);
   emit(t, "%s %" PRIu64 "\n", name, v);
 }

@@ -89,10 +89,8 @@ static const keydef_t server_keys[] = {
     {"workers", T_WORKERS, SRV(workers), 0, 1024, 0, "auto"},
     {"admin_token", T_SECRET, SRV(admin_token), 0, 0, 0, NULL},
     {"log_level", T_LOGLEVEL, SRV(log_level), 0, 0, 0, "info"},
-    {"max_connections", T_UINT, SRV(max_connections), 1, 10000000, 0,
-     "10000"},
-    {"max_header_bytes", T_SIZE, SRV(max_header_bytes), 1024, MIB, 0,
-     "16KiB"},
+    {"max_connections", T_UINT, SRV(max_connections), 1, 10000000, 0, "10000"},
+    {"max_header_bytes", T_SIZE, SRV(max_header_bytes), 1024, MIB, 0, "16KiB"},
     {"max_headers", T_UINT, SRV(max_headers), 1, 10000, 0, "100"},
     {"max_uri_bytes", T_SIZE, SRV(max_uri_bytes), 256, MIB, 0, "8KiB"},
     {"max_body_bytes", T_SIZE, SRV(max_body_bytes), 0, 4 * GIB, 0, "1MiB"},
@@ -161,8 +159,8 @@ static const keydef_t route_keys[] = {
      "Authorization, Cookie, X-Api-Key"},
     {"cache_statuses", T_STATUSES, 0, 0, 0, KF_CACHE,
      "200,203,204,300,301,404,410"},
-    {"negative_ttl", T_DURATION, RTE(negative_ttl_ms), 0, 365 * MS_D,
-     KF_CACHE, "0"},
+    {"negative_ttl", T_DURATION, RTE(negative_ttl_ms), 0, 365 * MS_D, KF_CACHE,
+     "0"},
     {"batch_param", T_STRING, RTE(batch_param), 0, 0, 0, NULL},
     {"batch_max", T_UINT, RTE(batch_max), 1, 10000, 0, NULL},
     {"batch_window", T_DURATION, RTE(batch_window_ms), 0, 10 * MS_S, 0, NULL},
@@ -177,9 +175,9 @@ static const keydef_t route_keys[] = {
 
 /* Headers the proxy owns: injecting them would break framing or routing. */
 static const char *const reserved_headers[] = {
-    "host",       "content-length", "transfer-encoding", "connection",
-    "keep-alive", "upgrade",        "te",                "trailer",
-    "proxy-connection"};
+    "host",       "content-length", "transfer-encoding",
+    "connection", "keep-alive",     "upgrade",
+    "te",         "trailer",        "proxy-connection"};
 
 /* --------------------------------------------------------------- helpers */
 
@@ -381,8 +379,8 @@ int config_parse_size(const char *s, uint64_t *out_bytes) {
   static const struct {
     const char *unit;
     uint64_t mult;
-  } units[] = {{"", 1},     {"b", 1},     {"k", KIB}, {"kib", KIB},
-               {"m", MIB},  {"mib", MIB}, {"g", GIB}, {"gib", GIB}};
+  } units[] = {{"", 1},    {"b", 1},     {"k", KIB}, {"kib", KIB},
+               {"m", MIB}, {"mib", MIB}, {"g", GIB}, {"gib", GIB}};
   for (size_t i = 0; i < NKEYS(units); i++) {
     if (strcasecmp(p, units[i].unit) == 0) {
       mult = units[i].mult;
@@ -492,6 +490,8 @@ static int parse_addr(const char *s, config_addr_t *a, char *msg,
     goto bad;
   memcpy(host, s, hlen);
   host[hlen] = '\0';
+  if (s == given && strchr(host, ':') != NULL)
+    goto bad; /* an IPv6 literal needs brackets to tell it from the port */
   if (strcmp(host, "localhost") == 0)
     strcpy(host, "127.0.0.1");
   unsigned char tmp[16];
@@ -621,8 +621,8 @@ static int parse_upstream_url(const char *s, config_upstream_t *u, char *msg,
   char portpart[8] = "";
   if (explicit_port)
     fmt(portpart, sizeof portpart, ":%u", (unsigned)port);
-  fmt(url, ulen, "%s://%s%s%s%s%s", tls ? "https" : "http", v6 ? "[" : "",
-      host, v6 ? "]" : "", portpart, base);
+  fmt(url, ulen, "%s://%s%s%s%s%s", tls ? "https" : "http", v6 ? "[" : "", host,
+      v6 ? "]" : "", portpart, base);
   free(u->url);
   free(u->host);
   free(u->base_path);
@@ -654,9 +654,10 @@ static int parse_redis_url(const char *s, config_redis_t *r, char *msg,
     const char *colon = memchr(p, ':', (size_t)(at - p));
     if (colon == NULL)
       goto bad; /* a bare user with no password means nothing to Redis */
-    if (colon > p)
-      user = strndup(p, (size_t)(colon - p));
-    pass = strndup(colon + 1, (size_t)(at - colon - 1));
+    if (colon > p && (user = strndup(p, (size_t)(colon - p))) == NULL)
+      goto bad;
+    if ((pass = strndup(colon + 1, (size_t)(at - colon - 1))) == NULL)
+      goto bad;
     p = at + 1;
   }
   size_t hlen = strcspn(p, ":/");
@@ -904,8 +905,7 @@ static int set_value(const keydef_t *k, void *base, const char *value,
   case T_SIZE:
     rc = config_parse_size(value, &v);
     if (rc == CONFIG_PARSE_INVALID) {
-      fmt(msg, msglen, "invalid size \"%s\" (use bytes, KiB, MiB, GiB)",
-          value);
+      fmt(msg, msglen, "invalid size \"%s\" (use bytes, KiB, MiB, GiB)", value);
       return -1;
     }
     if (rc != CONFIG_PARSE_OK || v < k->min || v > k->max) {
@@ -978,8 +978,9 @@ static int set_value(const keydef_t *k, void *base, const char *value,
     for (const char *c = exp; *c && ok; c++)
       ok = (unsigned char)*c > ' ' && *c != 0x7f;
     if (!ok) {
-      fmt(msg, msglen, "must be non-empty, without spaces or control "
-                       "characters");
+      fmt(msg, msglen,
+          "must be non-empty, without spaces or control "
+          "characters");
       free(exp);
       return -1;
     }
@@ -1183,8 +1184,7 @@ config_t *config_new(void) {
       apply_defaults(cache_keys, NKEYS(cache_keys), &cfg->cache, 0) ||
       apply_defaults(breaker_keys, NKEYS(breaker_keys), &cfg->breaker, 0) ||
       apply_defaults(redis_keys, NKEYS(redis_keys), &cfg->redis, 0) ||
-      apply_defaults(route_keys, NKEYS(route_keys), &cfg->defaults,
-                     KF_CACHE)) {
+      apply_defaults(route_keys, NKEYS(route_keys), &cfg->defaults, KF_CACHE)) {
     config_free(cfg);
     return NULL;
   }
@@ -1260,8 +1260,8 @@ static int open_named(config_t *cfg, seckind_t kind, const char *name,
   *existed = false;
   if (kind == SEC_UPSTREAM) {
     if (!valid_upstream_name(name)) {
-      fmt(msg, msglen,
-          "invalid upstream name \"%s\" (letters, digits, _ . -)", name);
+      fmt(msg, msglen, "invalid upstream name \"%s\" (letters, digits, _ . -)",
+          name);
       return -1;
     }
     if (find_upstream(cfg, name, index) != NULL) {
@@ -1409,7 +1409,8 @@ static size_t section_bindings(config_t *cfg, const section_t *sec,
                                binding_t b[2]) {
   memset(b, 0, 2 * sizeof *b);
   b[0].prefix = b[1].prefix = "";
-#define BIND(i, t, where)                                                        (b[i].keys = (t), b[i].nkeys = NKEYS(t), b[i].base = (where))
+#define BIND(i, t, where)                                                      \
+  (b[i].keys = (t), b[i].nkeys = NKEYS(t), b[i].base = (where))
   switch (sec->kind) {
   case SEC_SERVER:
     BIND(0, server_keys, &cfg->server);
@@ -1595,8 +1596,9 @@ static char *ini_read_line(char *str, int num, void *stream) {
   }
   ctx->line++;
   if (n >= num) {
-    ini_fail(ctx, "line too long (at most %d bytes; put long values such as "
-                  "tokens in the environment and use ${VAR})",
+    ini_fail(ctx,
+             "line too long (at most %d bytes; put long values such as "
+             "tokens in the environment and use ${VAR})",
              num - 3);
     return NULL;
   }
@@ -1654,8 +1656,9 @@ static int ini_on_key(void *user, const char *section, const char *name,
   if (ctx->failed)
     return 1;
   if (!ctx->in_section) {
-    ini_fail(ctx, "%s: key outside any section (start with [server], "
-                  "[upstream NAME], [route PREFIX], ...)",
+    ini_fail(ctx,
+             "%s: key outside any section (start with [server], "
+             "[upstream NAME], [route PREFIX], ...)",
              name);
     return 1;
   }
@@ -1695,7 +1698,8 @@ int config_load_file(config_t *cfg, const char *path, char *err,
     return -1;
   }
   if (rc < 0) {
-    fmt(err, errlen, "%s: %s", path, rc == -2 ? "out of memory" : "cannot read");
+    fmt(err, errlen, "%s: %s", path,
+        rc == -2 ? "out of memory" : "cannot read");
     return -1;
   }
   return 0;
@@ -1726,8 +1730,9 @@ static int check_breaker(const config_breaker_t *b, char *msg, size_t msglen) {
     return -1;
   }
   if (b->consecutive_failures == 0 && b->window == 0) {
-    fmt(msg, msglen, "consecutive_failures and window are both 0: the "
-                     "breaker could never open");
+    fmt(msg, msglen,
+        "consecutive_failures and window are both 0: the "
+        "breaker could never open");
     return -1;
   }
   return 0;
@@ -1761,8 +1766,9 @@ static int finalize_route(config_t *cfg, config_route_t *r, char *err,
     for (size_t i = 0; i < cfg->nupstreams; i++)
       fmt(names + strlen(names), sizeof names - strlen(names), "%s%s",
           i ? ", " : "", cfg->upstreams[i].name);
-    fmt(err, errlen, "%s[route %s] upstream: unknown upstream \"%s\" "
-                     "(defined: %s)",
+    fmt(err, errlen,
+        "%s[route %s] upstream: unknown upstream \"%s\" "
+        "(defined: %s)",
         where(cfg, r->upstream_line ? r->upstream_line : r->line, loc,
               sizeof loc),
         r->prefix, r->upstream_name, names);
@@ -1986,9 +1992,8 @@ static void print_value(FILE *out, const keydef_t *k, const void *base,
     const config_redis_t *r = base;
     if (r->url != NULL)
       fprintf(out, "url = redis://%s%s%s:%u/%u\n",
-              r->username ? r->username : "",
-              r->password ? ":<redacted>@" : "", r->host, (unsigned)r->port,
-              r->db);
+              r->username ? r->username : "", r->password ? ":<redacted>@" : "",
+              r->host, (unsigned)r->port, r->db);
     break;
   }
   }
@@ -2079,7 +2084,8 @@ void config_usage(FILE *out) {
       "Deduplicating, caching HTTP proxy in front of a rate-limited API.\n"
       "\n"
       "  -u, --upstream URL        upstream base URL, http:// or https://\n"
-      "  -c, --config FILE         INI file: [server] [cache] [breaker] [redis]\n"
+      "  -c, --config FILE         INI file: [server] [cache] [breaker] "
+      "[redis]\n"
       "                            [upstream NAME] [route PREFIX]; flags win\n"
       "  -l, --listen ADDR:PORT    proxy listener (127.0.0.1:8080)\n"
       "      --admin-listen A:P    stats, health, metrics (127.0.0.1:9901)\n"
@@ -2095,7 +2101,8 @@ void config_usage(FILE *out) {
       "                            ${VAR} is read from the environment\n"
       "      --admin-token TOKEN   required by admin POSTs\n"
       "  -w, --workers N           event loops (auto = online CPUs)\n"
-      "      --redis URL           fleet mode: redis://[:PASS@]HOST[:PORT][/DB]\n"
+      "      --redis URL           fleet mode: "
+      "redis://[:PASS@]HOST[:PORT][/DB]\n"
       "      --log-level LEVEL     error, warn, info, debug (info)\n"
       "      --check-config        validate, print the effective config, exit\n"
       "  -h, --help                this text;  -V, --version\n"

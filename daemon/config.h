@@ -60,19 +60,19 @@ typedef struct config_breaker {
 } config_breaker_t;
 
 typedef struct config_server {
-  config_addr_t listen;       /* 127.0.0.1:8080 */
-  config_addr_t admin_listen; /* 127.0.0.1:9901 */
-  unsigned workers;           /* event loops; default online CPUs */
-  char *admin_token;          /* NULL: admin POSTs need no token */
-  log_level_t log_level;      /* info */
-  unsigned max_connections;   /* client connections, all workers; 10000 */
-  uint64_t max_header_bytes;  /* request head; 16 KiB (431 beyond) */
-  unsigned max_headers;       /* request header fields; 100 (431) */
-  uint64_t max_uri_bytes;     /* request target; 8 KiB (414) */
-  uint64_t max_body_bytes;    /* client request body; 1 MiB (413) */
-  uint64_t max_response_bytes; /* upstream response body; 8 MiB (502) */
-  uint64_t header_timeout_ms;  /* to receive a request head; 10 s */
-  uint64_t idle_timeout_ms;    /* keep-alive idle; 60 s */
+  config_addr_t listen;         /* 127.0.0.1:8080 */
+  config_addr_t admin_listen;   /* 127.0.0.1:9901 */
+  unsigned workers;             /* event loops; default online CPUs */
+  char *admin_token;            /* NULL: admin POSTs need no token */
+  log_level_t log_level;        /* info */
+  unsigned max_connections;     /* client connections, all workers; 10000 */
+  uint64_t max_header_bytes;    /* request head; 16 KiB (431 beyond) */
+  unsigned max_headers;         /* request header fields; 100 (431) */
+  uint64_t max_uri_bytes;       /* request target; 8 KiB (414) */
+  uint64_t max_body_bytes;      /* client request body; 1 MiB (413) */
+  uint64_t max_response_bytes;  /* upstream response body; 8 MiB (502) */
+  uint64_t header_timeout_ms;   /* to receive a request head; 10 s */
+  uint64_t idle_timeout_ms;     /* keep-alive idle; 60 s */
   uint64_t shutdown_timeout_ms; /* drain on SIGTERM; 10 s */
 } config_server_t;
 
@@ -86,16 +86,17 @@ typedef struct config_cache {
   uint64_t unshared_ms;         /* hit-for-miss memory; 2 s */
 } config_cache_t;
 
-/* Fleet mode. url == NULL: disabled. Parsed from redis://[:PASS@]HOST[:PORT][/DB]. */
+/* Fleet mode. url == NULL: disabled. Parsed from
+ * redis://[:PASS@]HOST[:PORT][/DB]. */
 typedef struct config_redis {
-  char *url;      /* as given (may hold a password: print redacted) */
+  char *url; /* as given (may hold a password: print redacted) */
   char *host;
-  uint16_t port;  /* 6379 */
-  char *username; /* NULL if none (Redis 6 ACL user) */
-  char *password; /* NULL if none */
-  unsigned db;    /* 0 */
-  char *prefix;   /* key namespace; "coalesce:" */
-  uint64_t timeout_ms; /* per command; 250 ms */
+  uint16_t port;        /* 6379 */
+  char *username;       /* NULL if none (Redis 6 ACL user) */
+  char *password;       /* NULL if none */
+  unsigned db;          /* 0 */
+  char *prefix;         /* key namespace; "coalesce:" */
+  uint64_t timeout_ms;  /* per command; 250 ms */
   uint64_t lock_ttl_ms; /* fleet lock lease; default longest upstream
                            timeout of any route + 1 s */
 } config_redis_t;
@@ -115,39 +116,39 @@ typedef struct config_upstream {
   unsigned max_connections;    /* per worker pool; 64 */
   config_header_t *headers;    /* injected, in order */
   size_t nheaders;
-  config_breaker_t breaker;    /* [breaker] overridden by breaker_* keys */
-  unsigned line;               /* section line in the file; 0 from a flag */
-  uint64_t explicit_keys;      /* bookkeeping: keys set (bit = key index) */
+  config_breaker_t breaker; /* [breaker] overridden by breaker_* keys */
+  unsigned line;            /* section line in the file; 0 from a flag */
+  uint64_t explicit_keys;   /* bookkeeping: keys set (bit = key index) */
 } config_upstream_t;
 
 typedef struct config_route {
-  char *prefix;       /* starts with '/', no trailing '/' except "/" itself */
+  char *prefix; /* starts with '/', no trailing '/' except "/" itself */
   size_t prefix_len;
   char *upstream_name;
-  size_t upstream;    /* index into config_t.upstreams (after finalize) */
+  size_t upstream; /* index into config_t.upstreams (after finalize) */
   uint64_t ttl_ms;
-  uint64_t stale_ms;          /* stale-while-revalidate window */
+  uint64_t stale_ms; /* stale-while-revalidate window */
   uint64_t stale_if_error_ms;
-  uint64_t max_wait_ms;       /* a follower's own timeout */
+  uint64_t max_wait_ms;         /* a follower's own timeout */
   uint64_t upstream_timeout_ms; /* 0 in the file = the upstream's; never 0
                                    after finalize */
   config_policy_t policy;
-  char **identity_headers;    /* lowercase; default authorization, cookie,
-                                 x-api-key; may be empty ("none") */
+  char **identity_headers; /* lowercase; default authorization, cookie,
+                              x-api-key; may be empty ("none") */
   size_t nidentity_headers;
-  uint16_t *cache_statuses;   /* storable statuses; default
-                                 200,203,204,300,301,404,410 */
+  uint16_t *cache_statuses; /* storable statuses; default
+                               200,203,204,300,301,404,410 */
   size_t ncache_statuses;
-  uint64_t negative_ttl_ms;   /* freshness for 4xx/5xx in cache_statuses;
-                                 0 (default) = shared with the flight's
-                                 waiters but not stored */
+  uint64_t negative_ttl_ms; /* freshness for 4xx/5xx in cache_statuses;
+                               0 (default) = shared with the flight's
+                               waiters but not stored */
   /* Request batching (DESIGN.md §5): stored only; batch_param NULL = off. */
-  char *batch_param;     /* query parameter carrying the ids */
-  unsigned batch_max;    /* ids per upstream call */
+  char *batch_param;  /* query parameter carrying the ids */
+  unsigned batch_max; /* ids per upstream call */
   uint64_t batch_window_ms;
-  char *batch_id_path;   /* where each item's id lives in the JSON answer */
-  char *batch_item_wrap; /* how a single item's response is wrapped */
-  unsigned line;         /* section line in the file; 0 if implicit */
+  char *batch_id_path;    /* where each item's id lives in the JSON answer */
+  char *batch_item_wrap;  /* how a single item's response is wrapped */
+  unsigned line;          /* section line in the file; 0 if implicit */
   unsigned upstream_line; /* line of its `upstream =` key */
   uint64_t explicit_keys; /* bookkeeping: keys set (bit = key index) */
 } config_route_t;
@@ -157,12 +158,12 @@ typedef struct config {
   config_cache_t cache;
   config_breaker_t breaker; /* defaults for every upstream */
   config_redis_t redis;
-  config_route_t defaults;  /* [cache] route keys + flags: what routes inherit */
+  config_route_t defaults; /* [cache] route keys + flags: what routes inherit */
   config_upstream_t *upstreams;
   size_t nupstreams;
-  config_route_t *routes;   /* longest prefix first after finalize */
+  config_route_t *routes; /* longest prefix first after finalize */
   size_t nroutes;
-  char *file;               /* the --config path, NULL if none */
+  char *file; /* the --config path, NULL if none */
   bool finalized;
 } config_t;
 
@@ -177,8 +178,10 @@ typedef enum config_action {
 /* Parses argv (argv[0] is skipped), loads --config FILE if given, applies
  * the flags over it and finalizes. `version` is printed by --version; help,
  * version and the --check-config summary go to `out`. Does not touch global
- * state (no getopt), so it can run again on SIGHUP with the same argv. On
- * CONFIG_RUN the caller owns *cfg (config_free). */
+ * state (no getopt), so it can run again on SIGHUP with the same argv; it
+ * reads the environment (${VAR}), so call it from one thread at a time. On
+ * CONFIG_RUN the caller owns *cfg (config_free); applying
+ * cfg->server.log_level (log_set_level) is the caller's job. */
 config_action_t config_parse_args(int argc, char *const argv[],
                                   const char *version, FILE *out,
                                   config_t **cfg, char *err, size_t errlen);
@@ -191,16 +194,14 @@ config_t *config_new(void);
  * bad values, duplicate sections and keys set twice are errors naming the
  * file, line and key. Returns 0, or -1 with err filled (cfg must then only
  * be freed). */
-int config_load_file(config_t *cfg, const char *path, char *err,
-                     size_t errlen);
+int config_load_file(config_t *cfg, const char *path, char *err, size_t errlen);
 
 /* Applies one setting as a flag would, e.g. ("cache", "ttl", "10s") or
  * ("upstream default", "header", "X-Key: ${KEY}"); used by the flag parser
  * and by tests. `origin` names the source in errors (e.g. "--ttl").
  * Returns 0, or -1 with err filled. */
 int config_set(config_t *cfg, const char *section, const char *key,
-               const char *value, const char *origin, char *err,
-               size_t errlen);
+               const char *value, const char *origin, char *err, size_t errlen);
 
 /* Fills what was left unset (routes from cfg->defaults, upstreams from
  * [breaker] and the global upstream timeout, redis lock_ttl, a "/" route

@@ -117,17 +117,25 @@ int http_req_scan(http_conn_t *c, const char *data, size_t len, size_t *feed,
 
 /* ---------------------------------------------------------------- arena */
 
+/* Room for n more bytes and a NUL. Moves the arena. */
+static bool arena_reserve(http_conn_t *c, size_t n) {
+  if (c->head_len + n + 1 <= c->head_cap)
+    return true;
+  size_t cap = c->head_cap ? c->head_cap : 1024;
+  while (cap < c->head_len + n + 1)
+    cap *= 2;
+  char *p = realloc(c->head, cap);
+  if (!p)
+    return false;
+  c->head = p;
+  c->head_cap = cap;
+  return true;
+}
+
+/* `at` must not point into the arena (see split_target). */
 static bool arena_append(http_conn_t *c, const char *at, size_t n) {
-  if (c->head_len + n + 1 > c->head_cap) { /* +1: room for a NUL */
-    size_t cap = c->head_cap ? c->head_cap : 1024;
-    while (cap < c->head_len + n + 1)
-      cap *= 2;
-    char *p = realloc(c->head, cap);
-    if (!p)
-      return false;
-    c->head = p;
-    c->head_cap = cap;
-  }
+  if (!arena_reserve(c, n))
+    return false;
   memcpy(c->head + c->head_len, at, n);
   c->head_len += n;
   return true;
@@ -265,7 +273,6 @@ static int split_target(http_conn_t *c, size_t *path_off, size_t *path_len,
     return reject(c, 400, "invalid request-target");
   c->req.absolute_form = absolute;
 
-  /* copy out of t before appending: the arena may move */
   size_t po = 0, pl = 0, qo = 0, ql = 0;
   if (u.field_set & (1u << UF_PATH)) {
     po = u.field_data[UF_PATH].off;
@@ -275,17 +282,22 @@ static int split_target(http_conn_t *c, size_t *path_off, size_t *path_len,
     qo = u.field_data[UF_QUERY].off;
     ql = u.field_data[UF_QUERY].len;
   }
-  size_t url_off = c->url_off;
+  /* reserve first: the copies come from the arena itself */
+  if (!arena_reserve(c, pl + ql + 3))
+    return -1;
+  char *a = c->head;
+  t = a + c->url_off;
   *path_off = c->head_len;
-  bool ok = pl > 0 ? arena_append(c, c->head + url_off + po, pl)
-                   : arena_append(c, "/", 1);
   *path_len = pl > 0 ? pl : 1;
-  ok = ok && arena_append(c, "", 1);
+  memcpy(a + c->head_len, pl > 0 ? t + po : "/", *path_len);
+  c->head_len += *path_len;
+  a[c->head_len++] = '\0';
   *query_off = c->head_len;
   *query_len = ql;
-  ok = ok && arena_append(c, c->head + url_off + qo, ql) &&
-       arena_append(c, "", 1);
-  return ok ? 0 : -1;
+  memcpy(a + c->head_len, t + qo, ql);
+  c->head_len += ql;
+  a[c->head_len++] = '\0';
+  return 0;
 }
 
 /* Framing rules of RFC 9112 §6.3 that keep us and any other reader of

@@ -398,6 +398,21 @@ static bool shared_call_drops(const char *n, size_t len) {
          name_is(n, len, "accept-encoding");
 }
 
+/* Hop-by-hop in this request: fixed names, or listed by any of its
+ * Connection field lines. */
+static bool req_hop_by_hop(const http_request_t *req, const char *n,
+                           size_t len) {
+  if (response_is_hop_by_hop(n, len, NULL, 0))
+    return true;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const http_header_t *h = &req->headers[i];
+    if (name_is(h->name, h->name_len, "connection") &&
+        response_is_hop_by_hop(n, len, h->value, h->value_len))
+      return true;
+  }
+  return false;
+}
+
 static bool injected(const config_upstream_t *up, const char *n, size_t len) {
   for (size_t i = 0; i < up->nheaders; i++)
     if (name_is(n, len, up->headers[i].name))
@@ -464,8 +479,6 @@ static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
     return UPSTREAM_ENOMEM;
   snprintf(fx->url, ulen, "%s%.*s", up->url, (int)p->target_len, p->target);
 
-  size_t conn_len = 0;
-  const char *conn = http_request_header(req, "connection", &conn_len);
   size_t cap = req->nheaders + up->nheaders + 2;
   upstream_header_t *h = calloc(cap, sizeof *h);
   if (h == NULL)
@@ -473,7 +486,7 @@ static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
   size_t n = 0;
   for (size_t i = 0; i < req->nheaders; i++) {
     const http_header_t *rh = &req->headers[i];
-    if (response_is_hop_by_hop(rh->name, rh->name_len, conn, conn_len) ||
+    if (req_hop_by_hop(req, rh->name, rh->name_len) ||
         name_is(rh->name, rh->name_len, "host") ||
         name_is(rh->name, rh->name_len, "content-length") ||
         name_is(rh->name, rh->name_len, "expect") ||

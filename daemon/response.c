@@ -85,24 +85,28 @@ static void free_response(void *p, void *ud) {
   free(p);
 }
 
+/* Hop-by-hop given every Connection field line of the message (a field
+ * may be listed in any of them). */
+static bool dropped(const hdr_t *all, size_t n, const hdr_t *h) {
+  if (response_is_hop_by_hop(h->name, h->name_len, NULL, 0) ||
+      per_answer(h->name, h->name_len))
+    return true;
+  for (size_t i = 0; i < n; i++)
+    if (name_eq(all[i].name, all[i].name_len, "connection") &&
+        listed(h->name, h->name_len, all[i].value, all[i].value_len))
+      return true;
+  return false;
+}
+
 coalesce_value_t *response_new(int status, const hdr_t *headers,
                                size_t n_headers, const void *body,
                                size_t body_len, time_t received) {
-  const char *conn = NULL;
-  size_t conn_len = 0;
-  for (size_t i = 0; i < n_headers; i++) {
-    if (name_eq(headers[i].name, headers[i].name_len, "connection")) {
-      conn = headers[i].value;
-      conn_len = headers[i].value_len;
-    }
-  }
   /* Size everything first: one allocation holds struct, field table,
    * field strings, head and body. */
   size_t kept = 0, strings = 0, head = 64;
   for (size_t i = 0; i < n_headers; i++) {
     const hdr_t *h = &headers[i];
-    if (response_is_hop_by_hop(h->name, h->name_len, conn, conn_len) ||
-        per_answer(h->name, h->name_len))
+    if (dropped(headers, n_headers, h))
       continue;
     kept++;
     strings += h->name_len + h->value_len + 2;
@@ -137,8 +141,7 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
       if (end != tmp && *end == '\0')
         r->upstream_age = a;
     }
-    if (response_is_hop_by_hop(h->name, h->name_len, conn, conn_len) ||
-        per_answer(h->name, h->name_len))
+    if (dropped(headers, n_headers, h))
       continue;
     table[k].name = sp;
     memcpy(sp, h->name, h->name_len);

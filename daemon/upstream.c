@@ -912,7 +912,7 @@ int upstream_fetch(upstream_client_t *c, const upstream_request_t *req,
     c->transfers->prev = t;
   c->transfers = t;
   c->pending++;
-  (void)arm_deadline;
+  arm_deadline(c, t->deadline);
   return 0;
 }
 

@@ -24,6 +24,12 @@ if [[ -f $dir/CMakeCache.txt ]] &&
   exit 1
 fi
 mkdir -p "$dir"
+# One run at a time per build dir (`make check` and `make fuzz` share it).
+exec 9>"$dir/.fuzz.lock"
+if ! flock -n 9; then
+  echo "fuzz: waiting for another scripts/fuzz.sh using $dir" >&2
+  flock 9
+fi
 CC=clang cmake -S . -B "$dir" -DCOALESCE_FUZZ=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$dir/configure.log" 2>&1 || {
   cat "$dir/configure.log"
@@ -69,16 +75,18 @@ for t in "${targets[@]}"; do
   log=$dir/logs/$t.log
   printf 'fuzz: %-13s %4ds ... ' "$t" "$secs"
   if "$bin" "${args[@]}" "$work" >"$log" 2>&1; then
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1)
     echo "ok (${runs:-?} runs, ${cov:-cov: ?}, $(find "$work" -type f | wc -l) inputs)"
   else
     echo "FAILED"
     failed+=("$t")
     # The report: from the sanitizer/property message to the end.
-    awk '/^==[0-9]+==|property failed|runtime error|^ERROR: libFuzzer/ {p=1} p' \
-      "$log" | head -80 >&2
-    artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+    grep -a -m1 'property failed' "$log" >&2 || true
+    awk '/^==[0-9]+==|runtime error|^ERROR: libFuzzer/ {p=1} p' "$log" |
+      grep -av 'in fuzzer::\|libc_start\|in _start\|in main ' | head -60 >&2 || true
+    artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" |
+      tail -1)
     if [[ -n $artifact ]]; then
       echo "fuzz: $t: input kept in $artifact" >&2
       echo "fuzz: reproduce: $bin $artifact" >&2

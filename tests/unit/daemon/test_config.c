@@ -13,8 +13,8 @@
 #include "config.h"
 
 #define MS(x) ((uint64_t)(x))
-#define SECS(x) ((uint64_t)(x) * 1000)
-#define MINS(x) ((uint64_t)(x) * 60000)
+#define SECS(x) ((uint64_t)(x)*1000)
+#define MINS(x) ((uint64_t)(x)*60000)
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -104,18 +104,19 @@ static void test_durations(void **state) {
   static const struct {
     const char *s;
     uint64_t ms;
-  } ok[] = {{"0", 0},         {"250ms", 250},        {"5s", SECS(5)},
-            {"2m", MINS(2)},  {"1h", MINS(60)},      {"1.5s", 1500},
-            {"1m30s", 90000}, {"0.25m", SECS(15)},   {"0s", 0},
-            {"1h1m1s1ms", 3661001}};
+  } ok[] = {{"0", 0},         {"250ms", 250},
+            {"5s", SECS(5)},  {"2m", MINS(2)},
+            {"1h", MINS(60)}, {"1.5s", 1500},
+            {"1m30s", 90000}, {"0.25m", SECS(15)},
+            {"0s", 0},        {"1h1m1s1ms", 3661001}};
   for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
     uint64_t v = 12345;
     assert_int_equal(config_parse_duration_ms(ok[i].s, &v), CONFIG_PARSE_OK);
     assert_int_equal(v, ok[i].ms);
   }
-  static const char *const bad[] = {"",   "5x", "s",    "-5s",  "5 s",
-                                    "5S", "ms", "0.5ms", "1.s5", "1m30",
-                                    "5d", "1e3s"};
+  static const char *const bad[] = {"",     "5x",   "s",  "-5s",
+                                    "5 s",  "5S",   "ms", "0.5ms",
+                                    "1.s5", "1m30", "5d", "1e3s"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     uint64_t v;
     assert_int_equal(config_parse_duration_ms(bad[i], &v),
@@ -128,9 +129,8 @@ static void test_durations(void **state) {
                    CONFIG_PARSE_RANGE);
   assert_int_equal(config_parse_duration_ms("18446744073709551615h", &v),
                    CONFIG_PARSE_RANGE);
-  assert_int_equal(
-      config_parse_duration_ms("18446744073709551615ms1ms", &v),
-      CONFIG_PARSE_RANGE);
+  assert_int_equal(config_parse_duration_ms("18446744073709551615ms1ms", &v),
+                   CONFIG_PARSE_RANGE);
 }
 
 static void test_sizes(void **state) {
@@ -163,8 +163,7 @@ static void test_sizes(void **state) {
   uint64_t v;
   assert_int_equal(config_parse_size("99999999999999999999", &v),
                    CONFIG_PARSE_RANGE);
-  assert_int_equal(config_parse_size("17179869184GiB", &v),
-                   CONFIG_PARSE_RANGE);
+  assert_int_equal(config_parse_size("17179869184GiB", &v), CONFIG_PARSE_RANGE);
 }
 
 /* ------------------------------------------------------------- the flags */
@@ -295,8 +294,7 @@ static void test_args_headers_expand_env(void **state) {
   run_t r;
   run_args(&r, "--upstream", "https://api.example.com", "--header",
            "X-Api-Key: ${COALESCE_TEST_KEY}", "-H",
-           "X-Client:id-${COALESCE_TEST_KEY}-$x", "--header=Accept: */*",
-           NULL);
+           "X-Client:id-${COALESCE_TEST_KEY}-$x", "--header=Accept: */*", NULL);
   assert_int_equal(r.action, CONFIG_RUN);
   const config_upstream_t *u = &r.cfg->upstreams[0];
   assert_int_equal(u->nheaders, 3);
@@ -360,20 +358,24 @@ static void test_args_help_version_and_errors(void **state) {
       {"--ttl", "5x", "--ttl: invalid duration \"5x\" (use ms, s, m)"},
       {"--ttl", "5",
        "--ttl: invalid duration \"5\" (missing unit: 5s, 5ms or 5m?)"},
-      {"--policy", "lru", "--policy: invalid policy \"lru\" (override or "
-                          "origin)"},
-      {"--workers", "many", "--workers: invalid number \"many\" (0 to 1024, "
-                            "or auto)"},
-      {"--listen", "8080", "--listen: invalid address \"8080\" (use IP:PORT, "
-                           "e.g. 127.0.0.1:8080 or [::1]:8080)"},
-      {"--log-level", "loud", "--log-level: invalid log level \"loud\" "
-                              "(error, warn, info, debug)"},
-      {"--redis", "http://x", "--redis: invalid Redis URL (use "
-                              "redis://[:PASSWORD@]HOST[:PORT][/DB])"},
+      {"--policy", "lru",
+       "--policy: invalid policy \"lru\" (override or "
+       "origin)"},
+      {"--workers", "many",
+       "--workers: invalid number \"many\" (0 to 1024, "
+       "or auto)"},
+      {"--listen", "8080",
+       "--listen: invalid address \"8080\" (use IP:PORT, "
+       "e.g. 127.0.0.1:8080 or [::1]:8080)"},
+      {"--log-level", "loud",
+       "--log-level: invalid log level \"loud\" "
+       "(error, warn, info, debug)"},
+      {"--redis", "http://x",
+       "--redis: invalid Redis URL (use "
+       "redis://[:PASSWORD@]HOST[:PORT][/DB])"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    run_args(&r, "--upstream", "http://127.0.0.1:9", bad[i].a, bad[i].b,
-             NULL);
+    run_args(&r, "--upstream", "http://127.0.0.1:9", bad[i].a, bad[i].b, NULL);
     assert_int_equal(r.action, CONFIG_ERROR);
     assert_null(r.cfg);
     assert_string_equal(r.err, bad[i].want);
@@ -416,10 +418,11 @@ static void test_upstream_urls(void **state) {
     config_free(r.cfg);
   }
   static const char *const bad[] = {
-      "example.com",         "https://",           "https://user:pw@x.com",
-      "https://x.com:0",     "https://x.com:99999", "https://x.com/?q=1",
-      "https://x.com/#frag", "https://ex ample.com", "https://[::1/x",
-      "https://x.com/a b"};
+      "example.com",           "https://",
+      "https://user:pw@x.com", "https://x.com:0",
+      "https://x.com:99999",   "https://x.com/?q=1",
+      "https://x.com/#frag",   "https://ex ample.com",
+      "https://[::1/x",        "https://x.com/a b"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     run_t r;
     run_args(&r, "--upstream", bad[i], NULL);
@@ -700,12 +703,10 @@ static void test_longest_prefix_match(void **state) {
   static const struct {
     const char *path, *prefix;
   } cases[] = {
-      {"/api", "/api"},          {"/api/", "/api"},
-      {"/api/x", "/api"},        {"/api?x=1", "/api"},
-      {"/api/v2", "/api/v2"},    {"/api/v2/odds", "/api/v2"},
-      {"/api/v2x", "/api"},      {"/apix", NULL},
-      {"/odds/live", "/odds"},   {"/", NULL},
-      {"/other", NULL},          {"/ap", NULL},
+      {"/api", "/api"},     {"/api/", "/api"},      {"/api/x", "/api"},
+      {"/api?x=1", "/api"}, {"/api/v2", "/api/v2"}, {"/api/v2/odds", "/api/v2"},
+      {"/api/v2x", "/api"}, {"/apix", NULL},        {"/odds/live", "/odds"},
+      {"/", NULL},          {"/other", NULL},       {"/ap", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const config_route_t *r =
@@ -737,8 +738,9 @@ static void test_file_errors_name_file_line_key(void **state) {
                     "\n"
                     "[route /odds]\n"
                     "ttl = 5x\n",
-                    5, "[route /odds] ttl: invalid duration \"5x\" (use ms, s, "
-                       "m)");
+                    5,
+                    "[route /odds] ttl: invalid duration \"5x\" (use ms, s, "
+                    "m)");
   expect_file_error("[upstream odds]\nurl = https://api.example.com\n"
                     "[route /odds]\ntll = 5s\n",
                     4, "[route /odds] tll: unknown key (did you mean ttl?)");
@@ -748,25 +750,27 @@ static void test_file_errors_name_file_line_key(void **state) {
                     "[route /odds]\n"
                     "upstream = sports\n"
                     "ttl = 1s\n",
-                    4, "[route /odds] upstream: unknown upstream \"sports\" "
-                       "(defined: odds)");
+                    4,
+                    "[route /odds] upstream: unknown upstream \"sports\" "
+                    "(defined: odds)");
   expect_file_error("[upstream odds]\nurl = ftp://api.example.com\n", 2,
                     "[upstream odds] url: invalid URL "
                     "\"ftp://api.example.com\" (must start with http:// or "
                     "https://)");
   expect_file_error("[upstream odds]\nurl = https://x.com\n"
                     "[route /]\npolicy = lru\n",
-                    4, "[route /] policy: invalid policy \"lru\" (override or "
-                       "origin)");
+                    4,
+                    "[route /] policy: invalid policy \"lru\" (override or "
+                    "origin)");
   expect_file_error("[upstream odds]\nurl = https://x.com\n"
                     "[upstream odds]\nurl = https://y.com\n",
                     3, "duplicate section [upstream odds] (first on line 1)");
   expect_file_error("[cache]\nttl = 1s\n\n[cache]\n", 4,
                     "duplicate section [cache] (first on line 1)");
-  expect_file_error("[upstream odds]\nurl = https://x.com\n[routes /odds]\n",
-                    3, "unknown section [routes /odds] (expected [server], "
-                       "[cache], [breaker], [redis], [upstream NAME] or "
-                       "[route PREFIX])");
+  expect_file_error("[upstream odds]\nurl = https://x.com\n[routes /odds]\n", 3,
+                    "unknown section [routes /odds] (expected [server], "
+                    "[cache], [breaker], [redis], [upstream NAME] or "
+                    "[route PREFIX])");
   expect_file_error("[upstream odds]\ntimeout = 1s\n", 1,
                     "[upstream odds]: url is required");
   expect_file_error("[cache]\nttl = 1s\nttl = 2s\n", 3,
@@ -785,17 +789,18 @@ static void test_file_errors_name_file_line_key(void **state) {
   expect_file_error("[upstream a]\nurl = https://x.com\n[route /a]\n"
                     "batch_max = 10\n",
                     3, "[route /a] batch_max: needs batch_param");
-  expect_file_error("[upstream a]\nurl = https://x.com\nheader = Host: y\n",
-                    3, "[upstream a] header: header Host is set by the proxy "
-                       "and cannot be injected");
+  expect_file_error("[upstream a]\nurl = https://x.com\nheader = Host: y\n", 3,
+                    "[upstream a] header: header Host is set by the proxy "
+                    "and cannot be injected");
   expect_file_error("[route odds]\n", 1,
                     "invalid route prefix \"odds\" (a path starting with /, "
                     "no spaces, ? or #)");
   unsetenv("COALESCE_TEST_UNSET");
   expect_file_error("[upstream a]\nurl = https://x.com\n"
                     "header = X-Api-Key: ${COALESCE_TEST_UNSET}\n",
-                    3, "[upstream a] header: environment variable "
-                       "COALESCE_TEST_UNSET is not set");
+                    3,
+                    "[upstream a] header: environment variable "
+                    "COALESCE_TEST_UNSET is not set");
   /* cross-key checks run after the whole file: they name file and section */
   char err[512], want[512];
   assert_null(load("[breaker]\nwindow = 5\nmin_volume = 10\n"
@@ -867,6 +872,30 @@ static void test_check_config_round_trip(void **state) {
   assert_string_equal(again, r.out);
 }
 
+/* The shipped examples stay valid. */
+static void test_examples_are_valid(void **state) {
+  (void)state;
+  static const char *const files[] = {"coalesced.ini", "minimal.ini"};
+  char dir[512], path[600], err[512];
+  snprintf(dir, sizeof dir, "%s", __FILE__);
+  char *cut = strstr(dir, "/tests/unit/daemon/");
+  if (cut == NULL)
+    skip(); /* built from a relative path: nothing to find the tree by */
+  *cut = '\0';
+  setenv("APISPORTS_KEY", "k", 1);
+  setenv("API_TOKEN", "t", 1);
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    snprintf(path, sizeof path, "%s/examples/%s", dir, files[i]);
+    config_t *c = config_new();
+    assert_non_null(c);
+    if (config_load_file(c, path, err, sizeof err) != 0 ||
+        config_finalize(c, err, sizeof err) != 0)
+      fail_msg("%s", err);
+    assert_true(c->nroutes >= 1);
+    config_free(c);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_durations),
@@ -883,6 +912,7 @@ int main(void) {
       cmocka_unit_test(test_file_errors_name_file_line_key),
       cmocka_unit_test(test_file_misc_errors),
       cmocka_unit_test(test_check_config_round_trip),
+      cmocka_unit_test(test_examples_are_valid),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
