@@ -4,7 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
-void cc_init(cc_t *cc) {
+void cc_init(ccontrol_t *cc) {
   memset(cc, 0, sizeof *cc);
   cc->max_age = cc->s_maxage = CC_ABSENT;
   cc->stale_while_revalidate = cc->stale_if_error = CC_ABSENT;
@@ -46,7 +46,7 @@ static bool name_is(const char *p, size_t n, const char *want) {
   return strlen(want) == n && strncasecmp(p, want, n) == 0;
 }
 
-void cc_parse(cc_t *cc, const char *v, size_t len) {
+void cc_parse(ccontrol_t *cc, const char *v, size_t len) {
   size_t i = 0;
   while (i < len) {
     while (i < len && (is_ws(v[i]) || v[i] == ','))

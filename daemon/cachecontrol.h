@@ -34,11 +34,11 @@ typedef struct cc {
   int64_t stale_if_error;
   int64_t max_stale; /* request: INT64_MAX when given without a value */
   int64_t min_fresh;
-} cc_t;
+} ccontrol_t;
 
-void cc_init(cc_t *cc);
+void cc_init(ccontrol_t *cc);
 /* Adds the directives of one field line; call once per line. */
-void cc_parse(cc_t *cc, const char *v, size_t len);
+void cc_parse(ccontrol_t *cc, const char *v, size_t len);
 
 /* Parses IMF-fixdate, RFC 850 and asctime dates. Returns false when the
  * value is not a valid date (e.g. "0" or "-1" in Expires). */

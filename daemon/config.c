@@ -965,6 +965,13 @@ static int set_value(const keydef_t *k, void *base, const char *value,
       fmt(msg, msglen, "empty value");
       return -1;
     }
+    if (*value == ';' || *value == '#') {
+      /* INI reads a leading ; or # as a comment: such a value could not be
+       * written back by --check-config (found by fuzz_config) */
+      fmt(msg, msglen, "\"%s\": a value may not start with ';' or '#'",
+          value);
+      return -1;
+    }
     if (!set_str(FIELD(base, k, char *), value)) {
       fmt(msg, msglen, "out of memory");
       return -1;

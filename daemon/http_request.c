@@ -49,7 +49,9 @@ static void tail_push(head_scan_t *s, char ch) {
   s->tail[sizeof s->tail - 1] = ch;
 }
 
-static bool is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+static bool is_digit(char ch) {
+  return ch >= '0' && ch <= '9';
+}
 
 /* The request line must end in exactly " HTTP/d.d". */
 static bool request_line_tail_ok(const head_scan_t *s) {
@@ -66,7 +68,7 @@ int http_req_scan(http_conn_t *c, const char *data, size_t len, size_t *feed,
   *head_end = false;
   for (size_t i = 0; i < len; i++) {
     char ch = data[i];
-    if (!s->started) {
+    if (!s->started && ch != '\r' && ch != '\n') { /* not a stray CRLF */
       s->started = true;
       http_conn_on_head_start(c);
     }

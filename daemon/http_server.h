@@ -2,7 +2,9 @@
  * http_server.h — coalesced's HTTP/1.1 server layer: listeners, connections,
  * request parsing (libhttp-parser), limits, timeouts, keep-alive and
  * pipelining. The request logic (proxy, admin) plugs in through one
- * callback, on_request, and answers with http_conn_send*.
+ * callback, on_request, and answers with http_conn_send*. Implemented by
+ * http_server.c (listener), http_conn.c (connections), http_request.c
+ * (parsing).
  *
  * Threading: a server belongs to the libuv loop it was created on. Every
  * function here must be called on that loop's thread, except
@@ -14,7 +16,9 @@
  * One request at a time per connection. Bytes that arrive while a request
  * is with the handler (pipelining) are buffered (bounded; reading pauses
  * when the buffer is full) and parsed only after its response has been
- * written, so responses go out in request order.
+ * written, so responses go out in request order. "Expect: 100-continue"
+ * gets "100 Continue" once the head is accepted (or 413 at once when the
+ * announced body is over the limit).
  *
  * THE REQUEST RULE (memory safety). on_request hands the handler a request
  * that it must finish exactly once, by one of:
@@ -27,8 +31,10 @@
  * the client has gone: a client that disconnects while its request is with
  * the handler makes the server call the abort hook (http_conn_set_abort),
  * once; the handler should then detach and call http_conn_release, and any
- * send it still makes returns UV_ECANCELED without writing. Answering
- * synchronously inside on_request is fine.
+ * send it still makes returns UV_ECANCELED without writing. (A client that
+ * half-closes after its request counts as gone: a FIN cannot be told
+ * from a departure until we write.)
+ * Answering synchronously inside on_request is fine.
  *
  * Request hygiene (request-smuggling safe; Debian builds http-parser in
  * NON-strict mode, so the head is also checked here): NUL bytes, bare CR,
@@ -99,20 +105,21 @@ typedef void (*http_written_cb)(void *ud, int status);
 typedef struct http_server_opts {
   http_request_cb on_request; /* required */
   void *ud;
-  bool reuseport;           /* SO_REUSEPORT: several listeners, one port */
-  int backlog;              /* listen(2) backlog; default 511 */
-  unsigned max_connections; /* beyond it: 503 overloaded + close; default 0:
-                               unlimited */
-  size_t max_header_bytes;  /* header section (after the request line),
-                               raw bytes; 431 beyond; default 32 KiB */
-  unsigned max_headers;     /* header fields; 431 beyond; default 100 */
-  size_t max_uri_bytes;     /* request-target; 414 beyond; default 8 KiB */
-  size_t max_body_bytes;    /* de-chunked body; 413 beyond; default 1 MiB */
+  bool reuseport;             /* SO_REUSEPORT: several listeners, one port */
+  int backlog;                /* listen(2) backlog; default 511 */
+  unsigned max_connections;   /* beyond it: 503 overloaded + close; default 0:
+                                 unlimited */
+  size_t max_header_bytes;    /* header section (after the request line),
+                                 raw bytes; 431 beyond; default 32 KiB */
+  unsigned max_headers;       /* header fields; 431 beyond; default 100 */
+  size_t max_uri_bytes;       /* request-target; 414 beyond; default 8 KiB */
+  size_t max_body_bytes;      /* de-chunked body; 413 beyond; default 1 MiB */
   unsigned header_timeout_ms; /* the whole head must arrive within it
                                  (from accept, or from the first byte of a
                                  later request); default 10 s */
-  unsigned idle_timeout_ms;   /* keep-alive idle, body stall and response
-                                 write stall limit; default 60 s */
+  unsigned idle_timeout_ms;   /* keep-alive idle, body stall (between
+                                 reads), and the time a response write may
+                                 take; default 60 s */
   const char *server_name;    /* "Server:" on http_conn_send_simple answers;
                                  NULL for none; copied */
 } http_server_opts_t;
@@ -121,16 +128,16 @@ typedef struct http_server_opts {
 typedef struct http_server_stats {
   uint64_t connections_accepted; /* excludes rejected_overloaded */
   uint64_t connections_open;
-  uint64_t requests;             /* handed to on_request */
-  uint64_t rejected_overloaded;  /* 503: max_connections reached */
-  uint64_t rejected_bad_request; /* 400, 405, 505 */
-  uint64_t rejected_uri_too_long;       /* 414 */
-  uint64_t rejected_header_too_large;   /* 431: bytes or count */
-  uint64_t rejected_body_too_large;     /* 413 */
-  uint64_t timeouts_request;     /* head or body not received in time */
-  uint64_t timeouts_idle;        /* keep-alive idle or write stall */
-  uint64_t client_aborts;        /* client left while its request was
-                                    with the handler */
+  uint64_t requests;                  /* handed to on_request */
+  uint64_t rejected_overloaded;       /* 503: max_connections reached */
+  uint64_t rejected_bad_request;      /* 400, 405, 505 */
+  uint64_t rejected_uri_too_long;     /* 414 */
+  uint64_t rejected_header_too_large; /* 431: bytes or count */
+  uint64_t rejected_body_too_large;   /* 413 */
+  uint64_t timeouts_request;          /* head or body not received in time */
+  uint64_t timeouts_idle;             /* keep-alive idle or write stall */
+  uint64_t client_aborts;             /* client left while its request was
+                                         with the handler */
 } http_server_stats_t;
 
 /* Binds host:port (an IPv4 or IPv6 literal; "[::1]" accepted), listens and

@@ -1,7 +1,8 @@
 /*
- * http_server_int.h — private to http_server.c (listener, connection I/O,
- * responding) and http_request.c (parsing a request off the wire). Not for
- * other modules: they use http_server.h.
+ * http_server_int.h — private to the three files of the HTTP server:
+ * http_server.c (listener, shutdown, counters), http_conn.c (connection
+ * I/O and answering) and http_request.c (parsing a request off the wire).
+ * Other modules use http_server.h.
  *
  * Connection life: accept -> CS_HEAD -> CS_BODY -> CS_PENDING (with the
  * handler) -> CS_WRITING -> back to CS_HEAD (keep-alive) or CS_LINGER
@@ -158,10 +159,20 @@ void http_req_reset(http_conn_t *c);
 /* Frees every request buffer. */
 void http_req_free(http_conn_t *c);
 
-/* http_server.c, for http_request.c: the first byte of a request was
- * seen; the head is complete and valid. */
+/* http_conn.c, for http_request.c: the first byte of a request was seen;
+ * the head is complete and valid. */
 void http_conn_on_head_start(http_conn_t *c);
 void http_conn_on_head_done(http_conn_t *c);
+
+/* http_conn.c, for http_server.c: set up a calloc'ed conn and accept the
+ * pending connection into it (on failure it closes itself); close a conn
+ * that is between requests or lingering (graceful shutdown). */
+void http_conn_accept(http_server_t *s, http_conn_t *c);
+void http_conn_close_idle(http_conn_t *c);
+
+/* http_server.c, for http_conn.c: frees the server (after done) if it is
+ * closing and nothing is left. Call after a conn is freed. */
+void http_server_maybe_done(http_server_t *s);
 
 static inline void http_stat_inc(_Atomic uint64_t *counter) {
   atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);

@@ -57,7 +57,7 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
       (v = response_header(resp, "retry-after", &len)) != NULL)
     d->retry_after_ns = policy_retry_after_ns(v, len, now);
 
-  cc_t cc;
+  ccontrol_t cc;
   cc_init(&cc);
   for (size_t i = 0; i < resp->n_headers; i++) {
     const hdr_t *h = &resp->headers[i];
@@ -91,6 +91,17 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
     d->ttl.fresh_ns = route->ttl_ns;
     d->ttl.swr_ns = route->swr_ns;
     d->ttl.sie_ns = route->sie_ns;
+    d->ttl.age_ns = s2ns((int64_t)resp->upstream_age); /* for Age */
+    if (status >= 400) {
+      if (route->negative_ttl_ns == 0) {
+        d->store = false;
+        d->why = "negative-caching-off";
+        return;
+      }
+      d->ttl.fresh_ns = route->negative_ttl_ns;
+      d->ttl.swr_ns = 0; /* an error is not worth serving stale */
+      d->ttl.sie_ns = 0;
+    }
     return;
   }
 
@@ -148,10 +159,33 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
   d->ttl.sie_ns = never_stale ? 0
                   : cc.stale_if_error != CC_ABSENT ? s2ns(cc.stale_if_error)
                                                    : route->sie_ns;
-  if ((d->ttl.fresh_ns | d->ttl.swr_ns | d->ttl.sie_ns) == 0) {
-    /* already stale and may not be served stale: nothing worth storing,
-     * but it is still a shareable answer for this flight */
+  /* §4.3: with a validator, keep the entry after its servable windows so a
+   * stale or no-cache entry is revalidated (If-None-Match / 304) instead
+   * of fetched whole; it is never served from that window. */
+  bool validator = response_header(resp, "etag", NULL) != NULL ||
+                   response_header(resp, "last-modified", NULL) != NULL;
+  if (validator)
+    d->ttl.keep_ns = route->sie_ns > 0 ? route->sie_ns : route->ttl_ns;
+  if ((d->ttl.fresh_ns | d->ttl.swr_ns | d->ttl.sie_ns | d->ttl.keep_ns) ==
+      0) {
+    /* already stale, may not be served stale and cannot be revalidated:
+     * nothing worth storing, but still a shareable answer for this flight */
     d->store = false;
-    d->why = "stale";
+    d->why = cc.no_cache ? "no-cache-without-validator" : "stale";
   }
+}
+
+void policy_request(const ccontrol_t *req, uint64_t now_ns, policy_request_t *out) {
+  memset(out, 0, sizeof *out);
+  if (req->no_cache || req->max_age == 0) {
+    out->min_stored_ns = now_ns + 1; /* revalidate whatever is stored */
+  } else if (req->max_age > 0) {
+    uint64_t span = s2ns(req->max_age);
+    out->min_stored_ns = now_ns > span ? now_ns - span : 0;
+  }
+  if (req->max_stale != CC_ABSENT && req->max_stale != INT64_MAX)
+    out->max_stale_ns = req->max_stale == 0 ? 1 : s2ns(req->max_stale);
+  if (req->min_fresh > 0)
+    out->min_fresh_ns = s2ns(req->min_fresh);
+  out->only_if_cached = req->only_if_cached;
 }

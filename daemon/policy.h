@@ -34,6 +34,9 @@ typedef struct policy_route {
   uint64_t sie_ns;
   const int *statuses; /* cacheable statuses (override); NULL: the default */
   size_t n_statuses;
+  uint64_t negative_ttl_ns; /* override: freshness of a 4xx in `statuses`;
+                               0 = shared with its flight but never stored
+                               (negative caching only where configured) */
 } policy_route_t;
 
 typedef struct policy_decision {
@@ -48,6 +51,19 @@ typedef struct policy_decision {
 /* `request_authorized`: the request carried Authorization (RFC 9111 §3.5). */
 void policy_decide(const policy_route_t *route, const response_t *resp,
                    bool request_authorized, time_t now, policy_decision_t *d);
+
+/* What a request's own Cache-Control (RFC 9111 §5.2.1) asks of the cache,
+ * as load limits: no-cache / max-age=0 -> revalidate anything stored;
+ * max-age=N -> nothing stored more than N s ago; max-stale=N, min-fresh=N;
+ * only-if-cached -> never contact the upstream. Used under `origin`. */
+#include "cachecontrol.h"
+typedef struct policy_request {
+  uint64_t min_stored_ns; /* clock reading; entries stored before: revalidate */
+  uint64_t max_stale_ns;
+  uint64_t min_fresh_ns;
+  bool only_if_cached;
+} policy_request_t;
+void policy_request(const ccontrol_t *req, uint64_t now_ns, policy_request_t *out);
 
 /* Retry-After as delta-seconds or an HTTP-date; 0 when absent/invalid. */
 uint64_t policy_retry_after_ns(const char *v, size_t len, time_t now);

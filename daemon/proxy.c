@@ -29,6 +29,7 @@
 #include <strings.h>
 
 #include "app.h"
+#include "cachecontrol.h"
 #include "cachekey.h"
 #include "log.h"
 #include "policy.h"
@@ -192,9 +193,95 @@ static void on_written(void *ud, int status) {
 /* Answers with a stored/shared response: one writev of the pre-built head,
  * this answer's tail (X-Cache, Age) and the shared body — no copy. Takes
  * the value reference. */
+/* Does an entity-tag list (If-None-Match) match `etag`, weakly (RFC 9110
+ * §13.1.2)? */
+static bool etag_matches(const char *list, size_t len, const char *etag,
+                         size_t elen) {
+  if (elen > 2 && etag[0] == 'W' && etag[1] == '/') {
+    etag += 2;
+    elen -= 2;
+  }
+  size_t i = 0;
+  while (i < len) {
+    while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ','))
+      i++;
+    if (i < len && list[i] == '*')
+      return true;
+    if (i + 1 < len && list[i] == 'W' && list[i + 1] == '/')
+      i += 2;
+    size_t j = i;
+    if (j < len && list[j] == '"') {
+      j++;
+      while (j < len && list[j] != '"')
+        j++;
+      if (j < len)
+        j++;
+    } else {
+      while (j < len && list[j] != ',')
+        j++;
+    }
+    if (j - i == elen && memcmp(list + i, etag, elen) == 0)
+      return true;
+    i = j;
+  }
+  return false;
+}
+
+/* RFC 9110 §13.2: the client's own validators against the response we are
+ * about to send (If-None-Match wins over If-Modified-Since). */
+static bool not_modified_for(const http_request_t *req, const response_t *r) {
+  if (r->status != 200)
+    return false;
+  size_t il, el;
+  const char *inm = http_request_header(req, "if-none-match", &il);
+  const char *etag = response_header(r, "etag", &el);
+  if (inm != NULL)
+    return etag != NULL && etag_matches(inm, il, etag, el);
+  const char *ims = http_request_header(req, "if-modified-since", &il);
+  const char *lm = response_header(r, "last-modified", &el);
+  time_t since, mod;
+  return ims != NULL && lm != NULL && http_date_parse(ims, il, &since) &&
+         http_date_parse(lm, el, &mod) && mod <= since;
+}
+
+static void send_not_modified(preq_t *p, coalesce_value_t *v,
+                              const char *xcache, uint64_t age_s) {
+  const response_t *r = response_of(v);
+  static const char *const keep[] = {"etag",    "cache-control", "expires",
+                                     "vary",    "date",          "content-location",
+                                     "last-modified"};
+  char extra[2048];
+  size_t o = 0;
+  for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) {
+    size_t vl;
+    const char *val = response_header(r, keep[i], &vl);
+    if (val == NULL)
+      continue;
+    for (size_t j = 0; j < r->n_headers; j++) {
+      if (strcasecmp(r->headers[j].name, keep[i]) == 0) {
+        int n = snprintf(extra + o, sizeof extra - o, "%s: %.*s\r\n",
+                         r->headers[j].name, (int)vl, val);
+        if (n > 0 && (size_t)n < sizeof extra - o)
+          o += (size_t)n;
+        break;
+      }
+    }
+  }
+  snprintf(extra + o, sizeof extra - o, "X-Cache: %s\r\nAge: %llu\r\n",
+           xcache, (unsigned long long)age_s);
+  metrics_answer(p->app->metrics, METRIC_SRC_HIT, 304);
+  http_conn_send_simple(p->conn, 304, NULL, extra, NULL, 0, false);
+  coalesce_value_release(v);
+  preq_free(p);
+}
+
 static void send_value(preq_t *p, coalesce_value_t *v, const char *xcache,
                        uint64_t age_s, int metric_source) {
   const response_t *r = response_of(v);
+  if (metric_source != METRIC_SRC_PASS && not_modified_for(p->req, r)) {
+    send_not_modified(p, v, xcache, age_s);
+    return;
+  }
   size_t tl = response_tail(p->tail, sizeof p->tail, xcache, age_s,
                             http_conn_will_close(p->conn), NULL);
   p->bufs[0] = uv_buf_init((char *)r->head, (unsigned)r->head_len);
@@ -324,6 +411,142 @@ static void build_key(preq_t *p) {
   cachekey_free(&rk);
 }
 
+/* ---- invalidation (RFC 9111 §4.4) ------------------------------------- */
+
+/* The record of when a URI was last invalidated: keyed by upstream, path
+ * and query only, so it covers every identity and Vary variant. */
+static void uri_key(cachekey_t *k, unsigned upstream, const char *target,
+                    size_t len) {
+  const char *q = memchr(target, '?', len);
+  size_t pl = q ? (size_t)(q - target) : len;
+  cachekey_build(k, 'U', upstream, target, pl, q ? q + 1 : "",
+                 q ? len - pl - 1 : 0, NULL, 0, NULL, NULL);
+}
+
+/* Clock reading of the URI's last invalidation, or 0. */
+static uint64_t invalidated_at(preq_t *p) {
+  cachekey_t k;
+  cachekey_init(&k);
+  uri_key(&k, (unsigned)p->route->upstream, p->target, p->target_len);
+  uint64_t at = 0;
+  coalesce_lookup_t lk;
+  if (!k.oom && coalesce_cache_get(p->app->cache, k.data, k.len, &lk) == 0) {
+    if (coalesce_value_len(lk.value) == sizeof at)
+      memcpy(&at, coalesce_value_data(lk.value), sizeof at);
+    coalesce_value_release(lk.value);
+  }
+  cachekey_free(&k);
+  return at;
+}
+
+static void invalidate_target(app_t *app, const config_route_t *rt,
+                              const char *target, size_t len) {
+  cachekey_t k;
+  cachekey_init(&k);
+  uri_key(&k, (unsigned)rt->upstream, target, len);
+  uint64_t now = coalesce_clock_now(NULL);
+  coalesce_value_t *v = coalesce_value_new(&now, sizeof now);
+  /* outlive anything stored for it before */
+  coalesce_ttl_t ttl = {.fresh_ns = 86400 * COALESCE_NS_PER_SEC +
+                                    ms2ns(rt->ttl_ms + rt->stale_ms +
+                                          rt->stale_if_error_ms)};
+  if (v != NULL && !k.oom)
+    (void)coalesce_cache_put(app->cache, k.data, k.len, v, &ttl);
+  coalesce_value_release(v);
+  cachekey_free(&k);
+}
+
+/* Invalidates `value` of a Location / Content-Location field when it names
+ * the same upstream (absolute URL under its base, or an absolute path). */
+static void invalidate_location(preq_t *p, const char *v, size_t len) {
+  const config_upstream_t *up = p->up;
+  size_t ul = strlen(up->url), bl = strlen(up->base_path);
+  if (len >= ul && strncasecmp(v, up->url, ul) == 0 &&
+      (len == ul || v[ul] == '/' || v[ul] == '?')) {
+    v += ul;
+    len -= ul;
+  } else if (len > 0 && v[0] == '/' && bl > 0 && len >= bl &&
+             strncmp(v, up->base_path, bl) == 0) {
+    v += bl;
+    len -= bl;
+  } else if (!(len > 0 && v[0] == '/' && bl == 0)) {
+    return; /* another origin, or a relative reference: not ours */
+  }
+  if (len == 0)
+    return;
+  const char *q = memchr(v, '?', len);
+  size_t pl = q ? (size_t)(q - v) : len;
+  size_t cap = len * 3 + 4;
+  char *t = malloc(cap);
+  if (t == NULL)
+    return;
+  long n = cachekey_normalize_path(v, pl, t, cap);
+  long m = n < 0 || q == NULL
+               ? 0
+               : cachekey_canonical_query(q + 1, len - pl - 1, t + n + 1,
+                                          cap - (size_t)n - 1);
+  if (n >= 0 && m >= 0) {
+    size_t tl = (size_t)n;
+    if (m > 0) {
+      t[n] = '?';
+      tl += 1 + (size_t)m;
+    }
+    invalidate_target(p->app, p->route, t, tl);
+  }
+  free(t);
+}
+
+/* ---- the request's own Cache-Control (origin policy) ------------------- */
+
+static void request_limits(preq_t *p, coalesce_load_opts_t *o,
+                           bool *only_if_cached) {
+  *only_if_cached = false;
+  uint64_t inval = invalidated_at(p);
+  if (inval > o->min_stored_ns)
+    o->min_stored_ns = inval;
+  if (p->route->policy != CONFIG_POLICY_ORIGIN)
+    return;
+  ccontrol_t cc;
+  cc_init(&cc);
+  bool any = false;
+  for (size_t i = 0; i < p->req->nheaders; i++) {
+    const http_header_t *h = &p->req->headers[i];
+    if (h->name_len == 13 && strncasecmp(h->name, "cache-control", 13) == 0) {
+      cc_parse(&cc, h->value, h->value_len);
+      any = true;
+    }
+  }
+  size_t pl = 0;
+  const char *pragma = http_request_header(p->req, "pragma", &pl);
+  if (!any && pragma != NULL && pl >= 8 && strncasecmp(pragma, "no-cache", 8) == 0)
+    cc.no_cache = true; /* RFC 9111 §5.4, only without Cache-Control */
+  policy_request_t pr;
+  policy_request(&cc, coalesce_clock_now(NULL), &pr);
+  if (pr.min_stored_ns > o->min_stored_ns)
+    o->min_stored_ns = pr.min_stored_ns;
+  o->max_stale_ns = pr.max_stale_ns;
+  o->min_fresh_ns = pr.min_fresh_ns;
+  *only_if_cached = pr.only_if_cached;
+}
+
+/* only-if-cached: a stored response this request accepts, or 504 — the
+ * upstream is never contacted. */
+static void answer_only_if_cached(preq_t *p, const coalesce_load_opts_t *o) {
+  coalesce_lookup_t lk;
+  if (coalesce_cache_get(p->app->cache, p->key.data, p->key.len, &lk) == 0) {
+    if ((lk.state == COALESCE_FRESH || lk.state == COALESCE_STALE) &&
+        lk.stored_at_ns >= o->min_stored_ns) {
+      send_value(p, lk.value, lk.state == COALESCE_FRESH ? "HIT" : "STALE",
+                 lk.age_ns / COALESCE_NS_PER_SEC,
+                 lk.state == COALESCE_FRESH ? METRIC_SRC_HIT : METRIC_SRC_STALE);
+      return;
+    }
+    coalesce_value_release(lk.value);
+  }
+  send_error(p, 504, METRIC_ERR_UPSTREAM_TIMEOUT,
+             "only-if-cached: no stored response to serve", "MISS", 0);
+}
+
 static void preq_start_cacheable(preq_t *p) {
   cachekey_t before;
   cachekey_init(&before);
@@ -356,6 +579,12 @@ static void preq_start_cacheable(preq_t *p) {
   o.breaker = p->aup ? p->aup->breaker : NULL;
   o.fetch_ctx = p;
   o.flags = p->solo ? COALESCE_LOAD_SOLO : 0;
+  bool only_if_cached;
+  request_limits(p, &o, &only_if_cached);
+  if (only_if_cached) {
+    answer_only_if_cached(p, &o);
+    return;
+  }
 
   coalesce_load_result_t now;
   memset(&now, 0, sizeof now);
@@ -587,7 +816,8 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
                                                  : POLICY_OVERRIDE,
       .ttl_ns = ms2ns(rt->ttl_ms),
       .swr_ns = ms2ns(rt->stale_ms),
-      .sie_ns = ms2ns(rt->stale_if_error_ms)};
+      .sie_ns = ms2ns(rt->stale_if_error_ms),
+      .negative_ttl_ns = ms2ns(rt->negative_ttl_ms)};
   int statuses[64];
   size_t ns = rt->ncache_statuses < 64 ? rt->ncache_statuses : 64;
   for (size_t i = 0; i < ns; i++)
@@ -720,6 +950,22 @@ static void on_pass_done(void *ud, upstream_response_t *resp) {
   if (v == NULL) {
     send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "BYPASS", 1);
     return;
+  }
+  enum http_method m = p->req->method;
+  if (resp->status >= 200 && resp->status < 400 &&
+      (m == HTTP_POST || m == HTTP_PUT || m == HTTP_DELETE ||
+       m == HTTP_PATCH)) {
+    /* RFC 9111 §4.4: a successful unsafe request invalidates its target
+     * and the same-origin Location / Content-Location */
+    invalidate_target(p->app, p->route, p->target, p->target_len);
+    const response_t *r = response_of(v);
+    size_t ll;
+    const char *loc = response_header(r, "location", &ll);
+    if (loc != NULL)
+      invalidate_location(p, loc, ll);
+    loc = response_header(r, "content-location", &ll);
+    if (loc != NULL)
+      invalidate_location(p, loc, ll);
   }
   send_value(p, v, "BYPASS", response_of(v)->upstream_age, METRIC_SRC_PASS);
 }

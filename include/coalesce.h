@@ -172,6 +172,8 @@ typedef struct coalesce_cache_opts {
  *   [0, fresh)               FRESH
  *   [fresh, fresh+swr)       STALE  (serve, refresh in the background)
  *   [fresh+swr, +sie)        STALE_IF_ERROR (serve only if a fetch fails)
+ *   [.., +keep)              VALIDATE_ONLY (never served; kept only so a
+ *                            fetch can revalidate it: ETag/Last-Modified)
  *   later                    gone (lookups miss; space reclaimed lazily)
  * age_ns is the age the value already had when stored (an upstream Age);
  * lookups report it plus the time since storing. */
@@ -180,12 +182,14 @@ typedef struct coalesce_ttl {
   uint64_t swr_ns;
   uint64_t sie_ns;
   uint64_t age_ns;
+  uint64_t keep_ns;
 } coalesce_ttl_t;
 
 typedef enum coalesce_freshness {
   COALESCE_FRESH = 0,
   COALESCE_STALE = 1,
   COALESCE_STALE_IF_ERROR = 2,
+  COALESCE_VALIDATE_ONLY = 3,
 } coalesce_freshness_t;
 
 typedef struct coalesce_lookup {
@@ -376,6 +380,25 @@ int coalesce_do(coalesce_coalescer_t *c, const void *key, size_t keylen,
 
 /* Keys in flight now. */
 size_t coalesce_coalescer_pending(coalesce_coalescer_t *c);
+
+/* One flight as coalesce_coalescer_top reports it. Never the key's bytes
+ * (keys may hold identity headers): only its hash, which is the
+ * coalescer's unkeyed 64-bit xxh3 — key it again (a secret seed) before
+ * showing it to anyone who might test guesses against it. */
+typedef struct coalesce_flight_info {
+  uint64_t key_hash;
+  size_t key_len;
+  size_t waiters;  /* callbacks parked on it now (a loader leader's own
+                      request counts as one) */
+  uint64_t age_ns; /* since the flight started */
+} coalesce_flight_info_t;
+
+/* Fills out[0..n) with the n <= max flights holding a key now that have
+ * the most waiters (ties: the oldest first), in that order, and returns n.
+ * Walks every flight, one shard lock at a time: meant for a dashboard
+ * polling a few times a second, not for a hot path. */
+size_t coalesce_coalescer_top(coalesce_coalescer_t *c,
+                              coalesce_flight_info_t *out, size_t max);
 /* Fills total_requests (joins), coalesced_requests, api_calls_made
  * (leaders), pending_requests, wait_timeouts, expired_flights, unshared,
  * bypassed, overloaded. */
@@ -436,6 +459,13 @@ typedef struct coalesce_load_opts {
   coalesce_breaker_t *breaker; /* NULL: no breaker */
   void *fetch_ctx;             /* handed to the start callback */
   unsigned flags;              /* COALESCE_LOAD_* */
+  uint64_t min_stored_ns; /* entries stored before this clock reading are
+                             not served (an invalidation); 0: any */
+  uint64_t max_stale_ns;  /* STALE / STALE_IF_ERROR entries older than
+                             fresh + this are not served (a request's
+                             max-stale); UINT64_MAX or 0: no limit */
+  uint64_t min_fresh_ns;  /* a FRESH entry must stay fresh this long more
+                             to count as fresh (a request's min-fresh) */
 } coalesce_load_opts_t;
 
 typedef struct coalesce_load_result {

@@ -83,8 +83,8 @@ struct coalesce_cache {
 /* ---------------------------------------------------------------- helpers */
 
 static bool ttl_valid(const coalesce_ttl_t *ttl) {
-  return ttl != NULL &&
-         (ttl->fresh_ns != 0 || ttl->swr_ns != 0 || ttl->sie_ns != 0);
+  return ttl != NULL && (ttl->fresh_ns != 0 || ttl->swr_ns != 0 ||
+                         ttl->sie_ns != 0 || ttl->keep_ns != 0);
 }
 
 static bool key_valid(const void *key, size_t keylen) {
@@ -102,8 +102,10 @@ static uint64_t entry_elapsed(const entry_t *e, uint64_t now) {
 }
 
 static uint64_t ttl_total(const coalesce_ttl_t *ttl) {
-  return coalesce__add_sat(coalesce__add_sat(ttl->fresh_ns, ttl->swr_ns),
-                           ttl->sie_ns);
+  return coalesce__add_sat(
+      coalesce__add_sat(coalesce__add_sat(ttl->fresh_ns, ttl->swr_ns),
+                        ttl->sie_ns),
+      ttl->keep_ns);
 }
 
 static bool entry_expired(const entry_t *e, uint64_t now) {
@@ -413,8 +415,12 @@ int coalesce_cache_get(coalesce_cache_t *cache, const void *key, size_t keylen,
         out->state = COALESCE_FRESH;
       else if (elapsed < coalesce__add_sat(t->fresh_ns, t->swr_ns))
         out->state = COALESCE_STALE;
-      else
+      else if (elapsed < coalesce__add_sat(coalesce__add_sat(t->fresh_ns,
+                                                             t->swr_ns),
+                                           t->sie_ns))
         out->state = COALESCE_STALE_IF_ERROR;
+      else
+        out->state = COALESCE_VALIDATE_ONLY;
       out->age_ns = coalesce__add_sat(t->age_ns, elapsed);
       out->stored_at_ns = e->stored_at;
       out->ttl = *t;

@@ -62,6 +62,8 @@ struct coalesce_load {
   void *ud;
   coalesce_source_t source;
   bool caller_owns; /* the caller asked for the handle */
+  uint64_t min_stored; /* the load's limits, for the stale fallback */
+  uint64_t max_stale;
   uint64_t hash;
   size_t keylen;
   unsigned char key[];
@@ -144,14 +146,41 @@ static void result_set(coalesce_load_result_t *r, int err,
   r->age_ns = age;
 }
 
-/* Replaces an error answer with the cached copy when one is still there
- * (any window: the stale-if-error rule). Returns true if it did. */
+/* What a load may do with a cached entry: its window, demoted to
+ * VALIDATE_ONLY when the load's limits forbid serving it (stored before an
+ * invalidation, or staler than the request's max-stale). */
+static coalesce_freshness_t servable(const coalesce_lookup_t *lk,
+                                     uint64_t min_stored, uint64_t max_stale,
+                                     uint64_t min_fresh) {
+  if (min_stored != 0 && lk->stored_at_ns < min_stored)
+    return COALESCE_VALIDATE_ONLY;
+  if (lk->state == COALESCE_FRESH && min_fresh != 0) {
+    uint64_t resident = lk->age_ns - lk->ttl.age_ns;
+    if (lk->ttl.fresh_ns - resident < min_fresh)
+      return COALESCE_VALIDATE_ONLY; /* not fresh enough for this client */
+  }
+  if (lk->state == COALESCE_STALE || lk->state == COALESCE_STALE_IF_ERROR) {
+    uint64_t resident = lk->age_ns - lk->ttl.age_ns;
+    uint64_t staleness =
+        resident > lk->ttl.fresh_ns ? resident - lk->ttl.fresh_ns : 0;
+    if (max_stale != 0 && staleness > max_stale)
+      return COALESCE_VALIDATE_ONLY;
+  }
+  return lk->state;
+}
+
+/* Replaces an error answer with the cached copy when one may still be
+ * served (the stale-if-error rule). Returns true if it did. */
 static bool stale_fallback(coalesce_loader_t *l, const void *key,
-                           size_t keylen, uint64_t hash,
-                           coalesce_load_result_t *r) {
+                           size_t keylen, uint64_t hash, uint64_t min_stored,
+                           uint64_t max_stale, coalesce_load_result_t *r) {
   coalesce_lookup_t lk;
   if (coalesce_cache_get(l->cache, key, keylen, &lk) != 0)
     return false;
+  if (servable(&lk, min_stored, max_stale, 0) == COALESCE_VALIDATE_ONLY) {
+    coalesce_value_release(lk.value);
+    return false;
+  }
   coalesce_value_release(r->value);
   result_set(r, 0, lk.value, COALESCE_SRC_STALE_IF_ERROR, lk.age_ns);
   count(l, hash, L_SIE);
@@ -171,6 +200,8 @@ static coalesce_load_t *load_new(coalesce_loader_t *l, const void *key,
   ld->ud = ud;
   ld->source = COALESCE_SRC_MISS;
   ld->caller_owns = owned;
+  ld->min_stored = 0;
+  ld->max_stale = 0;
   ld->hash = hash;
   ld->keylen = keylen;
   if (keylen > 0)
@@ -197,8 +228,8 @@ static void load_deliver(void *ud, int err, coalesce_value_t *value) {
   result_set(&r, err, value, ld->source, 0);
   if (err == COALESCE_EUNSHARED) {
     count(l, ld->hash, L_UNSHARED);
-  } else if (err < 0 &&
-             !stale_fallback(l, ld->key, ld->keylen, ld->hash, &r)) {
+  } else if (err < 0 && !stale_fallback(l, ld->key, ld->keylen, ld->hash,
+                                         ld->min_stored, ld->max_stale, &r)) {
     count(l, ld->hash, L_ERRORS);
   }
   coalesce_load_cb cb = ld->cb;
@@ -316,9 +347,11 @@ static void maybe_refresh(coalesce_loader_t *l, const void *key, size_t keylen,
 /* Answers `now` for a leader that will not fetch (breaker open, no memory):
  * stale-if-error copy if there is one, else the error. */
 static int answer_error(coalesce_loader_t *l, const void *key, size_t keylen,
-                        uint64_t hash, int err, coalesce_load_result_t *now) {
+                        uint64_t hash, const coalesce_load_opts_t *o, int err,
+                        coalesce_load_result_t *now) {
   result_set(now, err, NULL, COALESCE_SRC_MISS, 0);
-  if (!stale_fallback(l, key, keylen, hash, now))
+  if (!stale_fallback(l, key, keylen, hash, o->min_stored_ns, o->max_stale_ns,
+                      now))
     count(l, hash, L_ERRORS);
   return 0;
 }
@@ -342,8 +375,11 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
 
   coalesce_lookup_t lk = {0};
   bool have = false;
+  uint64_t max_stale = opts->max_stale_ns == UINT64_MAX ? 0 : opts->max_stale_ns;
   if (!(opts->flags & COALESCE_LOAD_NO_CACHE_READ) &&
       coalesce_cache_get(l->cache, key, keylen, &lk) == 0) {
+    lk.state =
+        servable(&lk, opts->min_stored_ns, max_stale, opts->min_fresh_ns);
     if (lk.state == COALESCE_FRESH) {
       count(l, hash, L_HIT);
       result_set(now, 0, lk.value, COALESCE_SRC_HIT, lk.age_ns);
@@ -356,13 +392,19 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
         maybe_refresh(l, key, keylen, hash, opts, lk.value, inline_sync);
       return 0;
     }
-    have = true; /* stale-if-error window: fetch, keep it as the fallback */
+    /* stale-if-error or validate-only: fetch, with it as the validator
+     * (and, if still servable, the fallback) */
+    have = true;
   }
 
   coalesce_load_t *ld = load_new(l, key, keylen, hash, cb, ud, pending != NULL);
+  if (ld != NULL) {
+    ld->min_stored = opts->min_stored_ns;
+    ld->max_stale = max_stale;
+  }
   if (ld == NULL) {
     coalesce_value_release(have ? lk.value : NULL);
-    return answer_error(l, key, keylen, hash, COALESCE_ENOMEM, now);
+    return answer_error(l, key, keylen, hash, opts, COALESCE_ENOMEM, now);
   }
 
   coalesce_flight_t *flight = NULL;
@@ -391,7 +433,7 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
       count(l, hash, L_OVERLOADED);
     coalesce_load_free(ld);
     coalesce_value_release(have ? lk.value : NULL);
-    return answer_error(l, key, keylen, hash, role, now);
+    return answer_error(l, key, keylen, hash, opts, role, now);
   }
 
   /* Leader (or solo). A flight may have ended between our lookup and our
@@ -400,7 +442,9 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
       !(opts->flags & COALESCE_LOAD_NO_CACHE_READ)) {
     coalesce_lookup_t again;
     if (coalesce_cache_get(l->cache, key, keylen, &again) == 0) {
-      if (again.state != COALESCE_STALE_IF_ERROR) {
+      again.state = servable(&again, opts->min_stored_ns, max_stale,
+                             opts->min_fresh_ns);
+      if (again.state == COALESCE_FRESH || again.state == COALESCE_STALE) {
         coalesce_flight_complete(flight, 0, again.value, 0);
         coalesce_load_free(ld);
         coalesce_value_release(have ? lk.value : NULL);
@@ -426,7 +470,8 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
       coalesce_flight_complete(flight, COALESCE_ECIRCUIT_OPEN, NULL, 0);
     coalesce_load_free(ld);
     coalesce_value_release(have ? lk.value : NULL);
-    return answer_error(l, key, keylen, hash, COALESCE_ECIRCUIT_OPEN, now);
+    return answer_error(l, key, keylen, hash, opts, COALESCE_ECIRCUIT_OPEN,
+                        now);
   }
 
   coalesce_fetch_t *f =
@@ -445,7 +490,7 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
     if (flight != NULL)
       coalesce_flight_complete(flight, rc, NULL, 0);
     coalesce_load_free(ld);
-    return answer_error(l, key, keylen, hash, rc, now);
+    return answer_error(l, key, keylen, hash, opts, rc, now);
   }
   f->flight = flight;
   f->solo = flight == NULL ? ld : NULL;
@@ -489,7 +534,7 @@ void coalesce_fetch_done(coalesce_fetch_t *f,
   bool store = err == 0 && value != NULL &&
                !(flags & (COALESCE_RESULT_NOSTORE | COALESCE_RESULT_NOSHARE)) &&
                !(f->load_flags & COALESCE_LOAD_NO_STORE) &&
-               (ttl->fresh_ns | ttl->swr_ns | ttl->sie_ns) != 0;
+               (ttl->fresh_ns | ttl->swr_ns | ttl->sie_ns | ttl->keep_ns) != 0;
   /* Cache first, then end the flight: nobody can miss in between. */
   if (store)
     (void)coalesce_cache_put(l->cache, f->key, f->keylen, value, ttl);
@@ -519,7 +564,8 @@ int coalesce_loader_cancel(coalesce_loader_t *l, coalesce_load_t *ld,
   count(l, ld->hash, L_TIMEOUTS);
   if (fallback != NULL) {
     result_set(fallback, COALESCE_ETIMEDOUT, NULL, ld->source, 0);
-    if (!stale_fallback(l, ld->key, ld->keylen, ld->hash, fallback))
+    if (!stale_fallback(l, ld->key, ld->keylen, ld->hash, ld->min_stored,
+                        ld->max_stale, fallback))
       count(l, ld->hash, L_ERRORS);
   }
   return 0;

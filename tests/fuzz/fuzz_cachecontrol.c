@@ -38,7 +38,7 @@ static void check_delta(int64_t v, bool may_be_max) {
         (may_be_max && v == INT64_MAX));
 }
 
-static void check_bounds(const cc_t *cc) {
+static void check_bounds(const ccontrol_t *cc) {
   check_delta(cc->max_age, false);
   check_delta(cc->s_maxage, false);
   check_delta(cc->stale_while_revalidate, false);
@@ -47,8 +47,8 @@ static void check_bounds(const cc_t *cc) {
   check_delta(cc->max_stale, true);
 }
 
-/* Compared field by field: cc_t has padding, memcmp would read it. */
-static bool cc_equal(const cc_t *a, const cc_t *b) {
+/* Compared field by field: ccontrol_t has padding, memcmp would read it. */
+static bool cc_equal(const ccontrol_t *a, const ccontrol_t *b) {
   return a->no_store == b->no_store && a->no_cache == b->no_cache &&
          a->private_ == b->private_ && a->public_ == b->public_ &&
          a->must_revalidate == b->must_revalidate &&
@@ -62,7 +62,7 @@ static bool cc_equal(const cc_t *a, const cc_t *b) {
 }
 
 /* Parses every '\n'-separated line of p[0..n) into cc, `times` times over. */
-static void parse_lines(cc_t *cc, const char *p, size_t n, int times) {
+static void parse_lines(ccontrol_t *cc, const char *p, size_t n, int times) {
   for (int t = 0; t < times; t++) {
     size_t i = 0;
     while (i <= n) {
@@ -75,7 +75,7 @@ static void parse_lines(cc_t *cc, const char *p, size_t n, int times) {
 }
 
 static void fuzz_cc(const char *p, size_t n) {
-  cc_t once, twice, upper;
+  ccontrol_t once, twice, upper;
   cc_init(&once);
   parse_lines(&once, p, n, 1);
   check_bounds(&once);

@@ -27,8 +27,8 @@
 #define CHECK(cond)                                                            \
   do {                                                                         \
     if (!(cond)) {                                                             \
-      fprintf(stderr, "fuzz_cachekey: property failed: %s (line %d)\n",        \
-              #cond, __LINE__);                                                \
+      fprintf(stderr, "fuzz_cachekey: property failed: %s (line %d)\n", #cond, \
+              __LINE__);                                                       \
       abort();                                                                 \
     }                                                                          \
   } while (0)
@@ -37,8 +37,7 @@ typedef long (*norm_fn)(const char *in, size_t len, char *out, size_t cap);
 
 static bool unreserved(int c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-         c == '~';
+         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 static int upper_hex(int c) {
@@ -143,7 +142,8 @@ static void fuzz_normaliser(norm_fn fn, bool is_path, const char *in,
   free(out);
 }
 
-/* ---- keys ----------------------------------------------------------------- */
+/* ---- keys -----------------------------------------------------------------
+ */
 
 typedef struct field {
   const char *p;
@@ -195,8 +195,8 @@ static bool take_tag(const cachekey_t *k, size_t *off, char tag) {
 static const char *const ident[] = {"authorization", "cookie", "x-api-key"};
 
 static void build(cachekey_t *k, field_t path, field_t query, hdrs_t *h) {
-  cachekey_build(k, 'G', 7, path.p, path.n, query.p, query.n, ident, 3,
-                 get_hdr, h);
+  cachekey_build(k, 'G', 7, path.p, path.n, query.p, query.n, ident, 3, get_hdr,
+                 h);
 }
 
 /* The primary key decodes to exactly (class, upstream, path, query, the
@@ -207,7 +207,8 @@ static size_t check_primary(const cachekey_t *k, field_t path, field_t query,
   size_t off = 0;
   unsigned up = 7;
   CHECK(take_tag(k, &off, 'G'));
-  CHECK(k->len - off >= sizeof up && memcmp(k->data + off, &up, sizeof up) == 0);
+  CHECK(k->len - off >= sizeof up &&
+        memcmp(k->data + off, &up, sizeof up) == 0);
   off += sizeof up;
   CHECK(take(k, &off, path.p, path.n));
   CHECK(take(k, &off, query.p, query.n));
@@ -228,8 +229,8 @@ static void check_vary(const cachekey_t *k, size_t off, field_t vary,
                        hdrs_t *h) {
   size_t i = 0;
   while (i < vary.n) {
-    while (i < vary.n && (vary.p[i] == ' ' || vary.p[i] == '\t' ||
-                          vary.p[i] == ','))
+    while (i < vary.n &&
+           (vary.p[i] == ' ' || vary.p[i] == '\t' || vary.p[i] == ','))
       i++;
     size_t j = i;
     while (j < vary.n && vary.p[j] != ',' && vary.p[j] != ' ' &&
@@ -260,8 +261,8 @@ static void check_vary(const cachekey_t *k, size_t off, field_t vary,
 static bool vary_has_star(field_t vary) {
   size_t i = 0;
   while (i < vary.n) {
-    while (i < vary.n && (vary.p[i] == ' ' || vary.p[i] == '\t' ||
-                          vary.p[i] == ','))
+    while (i < vary.n &&
+           (vary.p[i] == ' ' || vary.p[i] == '\t' || vary.p[i] == ','))
       i++;
     size_t j = i;
     while (j < vary.n && vary.p[j] != ',' && vary.p[j] != ' ' &&

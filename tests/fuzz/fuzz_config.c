@@ -127,8 +127,7 @@ static void round_trip(const config_t *cfg) {
   if (again != NULL) {
     int frc = config_finalize(again, err, ERRLEN);
     if (frc != 0)
-      fprintf(stderr, "printed config not final: %s\n---\n%s---\n", err,
-              text1);
+      fprintf(stderr, "printed config not final: %s\n---\n%s---\n", err, text1);
     CHECK(frc == 0);
     char *text2 = print(again, &len2);
     if (text2 != NULL && (len1 != len2 || memcmp(text1, text2, len1) != 0))

@@ -37,8 +37,8 @@
 #define CHECK(cond)                                                            \
   do {                                                                         \
     if (!(cond)) {                                                             \
-      fprintf(stderr, "fuzz_response: property failed: %s (line %d)\n",        \
-              #cond, __LINE__);                                                \
+      fprintf(stderr, "fuzz_response: property failed: %s (line %d)\n", #cond, \
+              __LINE__);                                                       \
       abort();                                                                 \
     }                                                                          \
   } while (0)
@@ -51,7 +51,9 @@ typedef struct fields {
   size_t n;
 } fields_t;
 
-static bool is_ows(char c) { return c == ' ' || c == '\t'; }
+static bool is_ows(char c) {
+  return c == ' ' || c == '\t';
+}
 
 static bool name_eq(const char *a, size_t alen, const char *b) {
   return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
@@ -116,11 +118,18 @@ static bool listed_by_connection(const fields_t *f, const char *name,
 }
 
 static bool must_drop(const fields_t *f, const char *name, size_t len) {
-  static const char *const never[] = {
-      "connection",         "keep-alive",          "proxy-connection",
-      "proxy-authenticate", "proxy-authorization", "te",
-      "trailer",            "transfer-encoding",   "upgrade",
-      "content-length",     "age",                 "x-cache"};
+  static const char *const never[] = {"connection",
+                                      "keep-alive",
+                                      "proxy-connection",
+                                      "proxy-authenticate",
+                                      "proxy-authorization",
+                                      "te",
+                                      "trailer",
+                                      "transfer-encoding",
+                                      "upgrade",
+                                      "content-length",
+                                      "age",
+                                      "x-cache"};
   for (size_t i = 0; i < sizeof never / sizeof *never; i++)
     if (name_eq(name, len, never[i]))
       return true;
@@ -290,8 +299,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *body = p + pos;
   size_t body_len = size - pos;
 
-  coalesce_value_t *v = response_new(status, f->h, f->n, body, body_len,
-                                     RECEIVED);
+  coalesce_value_t *v =
+      response_new(status, f->h, f->n, body, body_len, RECEIVED);
   if (v == NULL)
     goto out;
   const response_t *r = response_of(v);

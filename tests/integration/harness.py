@@ -74,20 +74,23 @@ def request(port, path, method="GET", headers=None, body=None, timeout=15.0):
         conn.close()
 
 
-def herd(port, paths, headers=None, method="GET"):
+def herd(port, paths, headers=None, method="GET", body=None):
     """Sends one request per entry of `paths`, all released together by a
-    barrier, each on its own connection. Returns responses in order."""
+    barrier, each on its own connection. Returns responses in order.
+    `body`: one request body for all, or a list of one per request."""
     n = len(paths)
     out = [None] * n
     barrier = threading.Barrier(n)
     hdrs = headers if isinstance(headers, list) else [headers] * n
+    bodies = body if isinstance(body, list) else [body] * n
 
     def one(i):
         try:
             barrier.wait(timeout=30)
         except threading.BrokenBarrierError:
             pass
-        out[i] = request(port, paths[i], method=method, headers=hdrs[i])
+        out[i] = request(port, paths[i], method=method, headers=hdrs[i],
+                         body=bodies[i])
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
@@ -97,14 +100,69 @@ def herd(port, paths, headers=None, method="GET"):
     return out
 
 
+def raw_request(port, data, timeout=10.0):
+    """Sends raw bytes on one connection and returns every byte read until
+    the server closes it (or `timeout` passes). For request forms that
+    http.client will not produce (absolute-form targets, odd headers)."""
+    chunks = []
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(data)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                break
+            if not b:
+                break
+            chunks.append(b)
+    return b"".join(chunks)
+
+
+def parse_raw_response(data):
+    """Splits one raw HTTP/1.1 response into (status, headers, body);
+    headers lower-cased; the body is what follows the head (Content-Length
+    honoured when present)."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        rest = rest[:int(headers["content-length"])]
+    return status, headers, rest
+
+
+def write_temp(text, suffix=".ini", testcase=None):
+    """Writes text to a new temp file and returns its path; removed at the
+    end of `testcase` when one is given."""
+    f = tempfile.NamedTemporaryFile("w", prefix="coalesced-", suffix=suffix,
+                                    delete=False)
+    f.write(text)
+    f.close()
+    if testcase is not None:
+        testcase.addCleanup(lambda: os.path.exists(f.name) and os.unlink(f.name))
+    return f.name
+
+
+def run_coalesced(*args, timeout=20.0, env=None):
+    """Runs coalesced to completion (--help, --check-config, ...): returns
+    (returncode, stdout, stderr)."""
+    r = subprocess.run([COALESCED, *args], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    return r.returncode, r.stdout, r.stderr
+
+
 class Proc:
     """A child process with its output captured to a temp file."""
 
-    def __init__(self, args, name):
+    def __init__(self, args, name, env=None):
         self.log = tempfile.NamedTemporaryFile(prefix=name + "-", suffix=".log",
                                                delete=False)
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE,
-                                  stderr=self.log, text=True)
+                                  stderr=self.log, text=True, env=env)
         self.name = name
 
     def first_line(self, timeout=10.0):
@@ -174,7 +232,10 @@ class Upstream:
 
 
 class Daemon:
-    def __init__(self, upstream_url=None, *extra, config=None):
+    """`env`: extra environment variables for the daemon (e.g. for
+    --header 'X-Key: ${VAR}'), added to this process's environment."""
+
+    def __init__(self, upstream_url=None, *extra, config=None, env=None):
         self.port = free_port()
         self.admin_port = free_port()
         args = [COALESCED, "--listen", f"{HOST}:{self.port}",
@@ -185,7 +246,11 @@ class Daemon:
             args += ["--upstream", upstream_url]
         args += list(extra)
         self.args = args
-        self.proc = Proc(args, "coalesced")
+        full_env = None
+        if env is not None:
+            full_env = dict(os.environ)
+            full_env.update(env)
+        self.proc = Proc(args, "coalesced", env=full_env)
         self.proc.first_line()
         wait_for(lambda: request(self.admin_port, HEALTH, timeout=2).status in (200, 503),
                  what="coalesced admin")
@@ -206,6 +271,18 @@ class Daemon:
 
     def stop(self):
         return self.proc.stop()
+
+    def metrics(self):
+        r = request(self.admin_port, "/metrics")
+        assert r.status == 200, r
+        return r.body.decode()
+
+    def signal(self, sig):
+        self.proc.signal(sig)
+
+    def log(self):
+        """The daemon's stderr so far (last 4000 characters)."""
+        return self.proc.logtext()
 
 
 class DaemonTest(unittest.TestCase):

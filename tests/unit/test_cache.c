@@ -15,7 +15,7 @@
 #include "fake_clock.h"
 #include "internal.h"
 
-static const coalesce_ttl_t LONG_TTL = {SEC(100), SEC(100), SEC(100), 0};
+static const coalesce_ttl_t LONG_TTL = {SEC(100), SEC(100), SEC(100), 0, 0};
 
 static coalesce_cache_t *make_cache(fake_clock_t *fc, size_t max_bytes,
                                     size_t max_value, unsigned shards) {
@@ -91,7 +91,7 @@ static void test_defaults_and_invalid_args(void **state) {
   assert_int_equal(s.cache_entries, 0);
 
   coalesce_value_t *v = coalesce_value_new("x", 1);
-  coalesce_ttl_t zero = {0, 0, 0, SEC(5)};
+  coalesce_ttl_t zero = {0, 0, 0, SEC(5), 0};
   assert_int_equal(coalesce_cache_put(c, "k", 1, v, &zero), COALESCE_EINVAL);
   assert_int_equal(coalesce_cache_put(c, "k", 1, v, NULL), COALESCE_EINVAL);
   assert_int_equal(coalesce_cache_put(c, "k", 1, NULL, &LONG_TTL),
@@ -186,7 +186,7 @@ static void test_windows_and_age(void **state) {
   fake_clock_t fc;
   fake_clock_init(&fc);
   coalesce_cache_t *c = make_cache(&fc, 0, 0, 1);
-  coalesce_ttl_t ttl = {SEC(10), SEC(20), SEC(30), SEC(5)};
+  coalesce_ttl_t ttl = {SEC(10), SEC(20), SEC(30), SEC(5), 0};
   uint64_t t0 = coalesce_clock_now(&fc.clock);
   assert_int_equal(put_str(c, "k", "v", &ttl), 0);
 
@@ -224,8 +224,8 @@ static void test_windows_and_age(void **state) {
   assert_int_equal(stats_of(c).cache_entries, 0); /* the delete reclaimed it */
 
   /* no fresh window: stale at once; no swr: straight to stale-if-error */
-  coalesce_ttl_t swr_only = {0, SEC(1), 0, 0};
-  coalesce_ttl_t sie_only = {SEC(1), 0, SEC(1), 0};
+  coalesce_ttl_t swr_only = {0, SEC(1), 0, 0, 0};
+  coalesce_ttl_t sie_only = {SEC(1), 0, SEC(1), 0, 0};
   assert_int_equal(put_str(c, "s", "v", &swr_only), 0);
   assert_int_equal(put_str(c, "e", "v", &sie_only), 0);
   assert_int_equal(expect_str(c, "s", "v"), COALESCE_STALE);
@@ -234,7 +234,7 @@ static void test_windows_and_age(void **state) {
   assert_int_equal(expect_str(c, "e", "v"), COALESCE_STALE_IF_ERROR);
 
   /* huge windows saturate instead of wrapping */
-  coalesce_ttl_t forever = {UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX};
+  coalesce_ttl_t forever = {UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX, 0};
   assert_int_equal(put_str(c, "f", "v", &forever), 0);
   fake_clock_advance(&fc, SEC(1000000));
   assert_int_equal(coalesce_cache_get(c, "f", 1, &lk), 0);
@@ -249,12 +249,12 @@ static void test_touch_restarts_windows(void **state) {
   fake_clock_t fc;
   fake_clock_init(&fc);
   coalesce_cache_t *c = make_cache(&fc, 0, 0, 1);
-  coalesce_ttl_t ttl = {SEC(10), SEC(10), 0, SEC(2)};
+  coalesce_ttl_t ttl = {SEC(10), SEC(10), 0, SEC(2), 0};
   assert_int_equal(put_str(c, "k", "v", &ttl), 0);
   fake_clock_advance(&fc, SEC(15));
   assert_int_equal(expect_str(c, "k", "v"), COALESCE_STALE);
 
-  coalesce_ttl_t again = {SEC(10), SEC(10), 0, SEC(1)};
+  coalesce_ttl_t again = {SEC(10), SEC(10), 0, SEC(1), 0};
   assert_int_equal(coalesce_cache_touch(c, "k", 1, &again), 0);
   coalesce_lookup_t lk;
   assert_int_equal(coalesce_cache_get(c, "k", 1, &lk), 0);
@@ -366,7 +366,7 @@ static void test_expired_reclaimed_first(void **state) {
   fake_clock_t fc;
   fake_clock_init(&fc);
   coalesce_cache_t *c = make_n_slot_cache(&fc, 2);
-  coalesce_ttl_t brief = {SEC(1), 0, 0, 0};
+  coalesce_ttl_t brief = {SEC(1), 0, 0, 0, 0};
   assert_int_equal(put_str(c, "k0", "vvvvvvvv", &brief), 0);
   assert_int_equal(put_str(c, "k1", "vvvvvvvv", &LONG_TTL), 0);
   expect_str(c, "k0", "vvvvvvvv"); /* visited, so plain SIEVE would keep it */
@@ -594,7 +594,7 @@ static void mt_free(void *p, void *ud) {
  * (and, under ASan, that the bytes are still there). */
 static void *mt_worker(void *arg) {
   mt_ctx_t *m = arg;
-  coalesce_ttl_t ttl = {MS(2), MS(2), MS(2), 0};
+  coalesce_ttl_t ttl = {MS(2), MS(2), MS(2), 0, 0};
   char key[16], val[64];
   pthread_barrier_wait(m->start);
   for (int i = 0; i < MT_OPS; i++) {

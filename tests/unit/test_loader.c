@@ -402,6 +402,76 @@ static void test_cancel_leaves_flight_and_falls_back(void **state) {
   coalesce_value_release(now.value);
 }
 
+static void finish_ttl(rig_t *r, int i, int err, const char *body,
+                       unsigned flags, coalesce_ttl_t ttl) {
+  coalesce_fetch_result_t res = {.err = err, .flags = flags | COALESCE_RESULT_TTL,
+                                 .ttl = ttl};
+  if (body != NULL)
+    res.value = coalesce_value_new(body, strlen(body));
+  coalesce_fetch_done(r->tokens[i], &res);
+  coalesce_value_release(res.value);
+  r->tokens[i] = NULL;
+}
+
+/* must-revalidate / no-cache: kept only as a validator, never served. */
+static void test_validate_only_is_never_served(void **state) {
+  rig_t *r = *state;
+  coalesce_load_result_t now;
+  answer_t a = {0};
+  coalesce_ttl_t keep = {.fresh_ns = SEC(1), .keep_ns = SEC(60)};
+  assert_int_equal(load(r, "v", &a, &now), COALESCE_PENDING);
+  finish_ttl(r, 0, 0, "strict", 0, keep);
+  coalesce_value_release(a.res.value);
+  fake_clock_advance(&r->fc, SEC(2));
+  answer_t b = {0};
+  assert_int_equal(load(r, "v", &b, &now), COALESCE_PENDING);
+  assert_int_equal(r->stale_seen, 1); /* handed over as the validator */
+  finish(r, 1, COALESCE_EFETCH, "down", 0);
+  assert_int_equal(b.res.err, COALESCE_EFETCH); /* no stale-if-error */
+  coalesce_value_release(b.res.value);
+  answer_t c = {0};
+  assert_int_equal(load(r, "v", &c, &now), COALESCE_PENDING);
+  finish_ttl(r, 2, 0, NULL, COALESCE_RESULT_NOT_MODIFIED, keep);
+  assert_int_equal(c.res.err, 0);
+  assert_body(c.res.value, "strict"); /* revalidated: the stored body */
+  coalesce_value_release(c.res.value);
+  assert_int_equal(load(r, "v", NULL, &now), 0);
+  assert_int_equal(now.source, COALESCE_SRC_HIT);
+  coalesce_value_release(now.value);
+}
+
+static void test_min_stored_and_max_stale(void **state) {
+  rig_t *r = *state;
+  coalesce_load_result_t now;
+  answer_t a = {0};
+  assert_int_equal(load(r, "i", &a, &now), COALESCE_PENDING);
+  finish(r, 0, 0, "before", 0);
+  coalesce_value_release(a.res.value);
+  fake_clock_advance(&r->fc, MS(1));
+  /* an invalidation after it was stored: not served, even though fresh */
+  r->opts.min_stored_ns = coalesce_clock_now(&r->fc.clock);
+  answer_t b = {0};
+  assert_int_equal(load(r, "i", &b, &now), COALESCE_PENDING);
+  finish(r, 1, 0, "after", 0);
+  assert_body(b.res.value, "after");
+  coalesce_value_release(b.res.value);
+  r->opts.min_stored_ns = 0;
+  /* max-stale: 6 s past fresh (5 s) is 1 s stale: allowed at 2 s, not 0.5 s */
+  fake_clock_advance(&r->fc, SEC(6));
+  r->opts.max_stale_ns = SEC(2);
+  assert_int_equal(load(r, "i", NULL, &now), 0);
+  assert_int_equal(now.source, COALESCE_SRC_STALE);
+  coalesce_value_release(now.value);
+  finish(r, 2, 0, "refreshed", 0); /* the background refresh it started */
+  fake_clock_advance(&r->fc, SEC(6));
+  r->opts.max_stale_ns = MS(500);
+  answer_t c = {0};
+  assert_int_equal(load(r, "i", &c, &now), COALESCE_PENDING);
+  finish(r, 3, 0, "newest", 0);
+  assert_body(c.res.value, "newest");
+  coalesce_value_release(c.res.value);
+}
+
 /* ---- the blocking form under a herd -------------------------------------- */
 
 #define HERD 1000
@@ -526,6 +596,10 @@ int main(void) {
                                       rig_teardown),
       cmocka_unit_test_setup_teardown(test_cancel_leaves_flight_and_falls_back,
                                       rig_setup, rig_teardown),
+      cmocka_unit_test_setup_teardown(test_validate_only_is_never_served,
+                                      rig_setup, rig_teardown),
+      cmocka_unit_test_setup_teardown(test_min_stored_and_max_stale, rig_setup,
+                                      rig_teardown),
       cmocka_unit_test_setup_teardown(test_blocking_herd_one_fetch, rig_setup,
                                       rig_teardown),
       cmocka_unit_test_setup_teardown(test_mixed_keys_threads, rig_setup,

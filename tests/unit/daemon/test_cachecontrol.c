@@ -8,8 +8,8 @@
 
 #include "cachecontrol.h"
 
-static cc_t parse(const char *v) {
-  cc_t cc;
+static ccontrol_t parse(const char *v) {
+  ccontrol_t cc;
   cc_init(&cc);
   cc_parse(&cc, v, strlen(v));
   return cc;
@@ -17,7 +17,7 @@ static cc_t parse(const char *v) {
 
 static void test_flags_and_numbers(void **state) {
   (void)state;
-  cc_t c = parse("public, max-age=60, S-MAXAGE=\"120\", stale-while-revalidate=30");
+  ccontrol_t c = parse("public, max-age=60, S-MAXAGE=\"120\", stale-while-revalidate=30");
   assert_true(c.public_);
   assert_int_equal(c.max_age, 60);
   assert_int_equal(c.s_maxage, 120); /* case-insensitive, quoted accepted */
@@ -40,7 +40,7 @@ static void test_invalid_and_duplicates_mean_stale(void **state) {
   assert_int_equal(parse("max-age=-5").max_age, 0);
   assert_int_equal(parse("max-age=60, max-age=60").max_age, 60);
   assert_int_equal(parse("max-age=60, max-age=30").max_age, 0);
-  cc_t c;
+  ccontrol_t c;
   cc_init(&c); /* two field lines accumulate */
   cc_parse(&c, "max-age=10", 10);
   cc_parse(&c, "private", 7);

@@ -1,0 +1,583 @@
+#!/usr/bin/env bash
+# bench/run.sh (`make bench`) — the daemon benchmark: coalesced (and, when a
+# start_<peer> function exists and the peer is installed, nginx / Varnish)
+# in front of the same slow test upstream, side by side, in one run.
+#
+#   bench/run.sh                  # Release build in build-bench2/, 3 reps
+#   BUILD=build bench/run.sh      # reuse an existing build directory
+#   REPS=5 WRK_SECONDS=5 PEERS=coalesced bench/run.sh
+#
+# Scenarios (DESIGN.md §6), each repeated $REPS times on fresh cold keys
+# (a unique path prefix per run, scenario and rep), upstream counters and
+# daemon stats reset before each rep:
+#   a  200 identical cold requests at once      upstream calls, latency
+#   b  1,000 identical cold requests at once
+#   c  50 keys x 20 requests, all at once
+#   d  200 requests on a just-stale key         (ttl 1s instance: STALE, 1 refresh)
+#   e  200 cold requests, upstream answers 500
+#   f  200 cold requests, upstream hangs        (upstream timeout 2s)
+#   g  warm hits with wrk -t2 -c64, 1 KiB and 64 KiB bodies
+#   h  RSS empty vs with 100,000 distinct 1 KiB entries cached
+# The upstream (tests/upstream) answers after 200 ms unless a scenario says
+# otherwise in the query string.
+#
+# A peer is four functions: start_<peer> PROFILE (starts an instance and
+# sets peer_port, peer_pids, peer_admin), stop_<peer> PROFILE, and optional
+# reset_<peer> PROFILE (zero its stats) and version_<peer>. PROFILE is main
+# (ttl 300s, upstream timeout 2s), swr (ttl 1s then stale-while-revalidate)
+# or mem (a fresh main). Scenarios loop over the peers found.
+#
+# Writes docs/bench/daemon.{md,csv} and daemon-latency.png, daemon-hits.png
+# (gnuplot). Results go to temporary files first: a failed run never
+# replaces earlier results. Every process started is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+reps=${REPS:-3}
+wrk_seconds=${WRK_SECONDS:-10}
+mem_entries=${MEM_ENTRIES:-100000}
+delay_ms=200
+out=docs/bench
+jobs=${JOBS:-2}
+
+say() { printf '%s\n' "$*" >&2; }
+die() {
+  say "bench: $*"
+  exit 1
+}
+
+# ---- tools and build ----------------------------------------------------------
+if ! command -v wrk >/dev/null || ! command -v gnuplot >/dev/null; then
+  scripts/deps.sh deps/bench.txt || say "bench: could not install deps/bench.txt (not root?): going on without"
+fi
+if [[ -n ${BUILD:-} ]]; then
+  build=$BUILD
+  cmake --build "$build" --target bench_herd -j"$jobs" >"$build/bench-build.log" 2>&1 ||
+    die "building bench_herd in $build failed: $(tail -20 "$build/bench-build.log")"
+else
+  build='build-bench2'
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build" --target coalesced testupstream bench_herd -j"$jobs" \
+    >"$build/bench-build.log" 2>&1 ||
+    die "the Release build in $build failed: $(grep -m5 -i error "$build/bench-build.log")"
+fi
+build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+coalesced=$root/$build/daemon/coalesced
+testupstream=$root/$build/tests/upstream/testupstream
+herd=$root/$build/bench/bench_herd
+for b in "$coalesced" "$testupstream" "$herd"; do
+  [[ -x $b ]] || die "$b missing"
+done
+
+# ---- process bookkeeping --------------------------------------------------------
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/coalesce-bench.XXXXXX")
+pids=()
+stop_pid() { # pid: TERM, then KILL after 5 s; forgets it
+  local p=$1 q keep=()
+  if kill -TERM "$p" 2>/dev/null; then
+    for _ in $(seq 100); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.05
+    done
+    kill -KILL "$p" 2>/dev/null || true
+  fi
+  wait "$p" 2>/dev/null || true
+  for q in "${pids[@]}"; do
+    [[ $q == "$p" ]] || keep+=("$q")
+  done
+  pids=("${keep[@]}")
+}
+cleanup() {
+  while ((${#pids[@]} > 0)); do
+    stop_pid "${pids[0]}"
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Waits for the first stdout line of a process (its "listening on" line).
+wait_line() { # file, pid, name
+  for _ in $(seq 400); do
+    [[ -s $1 ]] && {
+      head -n1 "$1"
+      return 0
+    }
+    kill -0 "$2" 2>/dev/null || die "$3 exited: $(tail -5 "$1.err" 2>/dev/null)"
+    sleep 0.025
+  done
+  die "$3 did not start within 10 s"
+}
+
+post() { curl -s -o /dev/null --max-time 5 -X POST "$1"; }
+
+# ---- the upstream -----------------------------------------------------------------
+"$testupstream" --port 0 --delay-ms "$delay_ms" --quiet >"$tmp/up.out" 2>"$tmp/up.out.err" &
+pids+=($!)
+line=$(wait_line "$tmp/up.out" "${pids[-1]}" testupstream)
+upstream=http://${line##* }
+upstream_total() {
+  curl -s --max-time 5 "$upstream/__upstream/stats?paths=0" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'
+}
+
+# ---- peers ------------------------------------------------------------------------
+start_coalesced() { # profile
+  local args=(--upstream "$upstream" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    --log-level warn --upstream-timeout 2s)
+  case $1 in
+  main | mem) args+=(--ttl 300s) ;;
+  swr) args+=(--ttl 1s --stale 30s) ;;
+  esac
+  local o=$tmp/coalesced-$1.out
+  "$coalesced" "${args[@]}" >"$o" 2>"$o.err" &
+  local pid=$!
+  pids+=("$pid")
+  local l
+  l=$(wait_line "$o" "$pid" coalesced)
+  local addr admin
+  read -r _ _ _ addr _ admin <<<"$l"
+  peer_port=${addr##*:}
+  peer_admin=http://$admin
+  peer_pids=$pid
+}
+stop_coalesced() { # profile
+  local p
+  for p in ${PIDS[coalesced/$1]}; do stop_pid "$p"; done
+}
+reset_coalesced() { # profile
+  post "${ADMIN[coalesced/$1]}/api/v1/shared/deduplication/stats/reset"
+}
+stats_coalesced() { # profile: the daemon's stats JSON
+  curl -s --max-time 5 "${ADMIN[coalesced/$1]}/api/v1/shared/deduplication/stats"
+}
+version_coalesced() { "$coalesced" --version 2>&1 | head -n1; }
+
+# The peers of this run: coalesced, then any other that has a start_<peer>
+# here and its server installed (nginx and Varnish arrive in a later task).
+declare -A peer_binary=([nginx]=nginx [varnish]=varnishd)
+if [[ -n ${PEERS:-} ]]; then
+  read -r -a peers <<<"$PEERS"
+else
+  peers=(coalesced)
+  for p in nginx varnish; do
+    if declare -F "start_$p" >/dev/null && command -v "${peer_binary[$p]}" >/dev/null; then
+      peers+=("$p")
+    fi
+  done
+fi
+
+declare -A PORT PIDS ADMIN
+peer_up() { # peer profile
+  peer_port='' peer_pids='' peer_admin=''
+  "start_$1" "$2"
+  PORT[$1/$2]=$peer_port
+  PIDS[$1/$2]=$peer_pids
+  ADMIN[$1/$2]=$peer_admin
+}
+peer_down() { "stop_$1" "$2"; }
+reset_all() { # peer profile: zero the upstream's counters and the peer's stats
+  post "$upstream/__upstream/reset"
+  if declare -F "reset_$1" >/dev/null; then "reset_$1" "$2"; fi
+}
+rss_kib() { # pids...: summed VmRSS
+  local p sum=0 v
+  for p in "$@"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+
+# ---- results ------------------------------------------------------------------------
+cat >"$tmp/bench.py" <<'PY'
+"""CSV rows from bench_herd / wrk output, and the markdown report."""
+import csv, json, statistics, sys
+
+COLS = ["peer", "scenario", "rep", "requests", "upstream_calls", "errors",
+        "statuses", "x_cache", "min_ms", "p50_ms", "p90_ms", "p99_ms",
+        "max_ms", "req_per_s", "rss_empty_kib", "rss_full_kib", "entries",
+        "cache_bytes", "key_bytes", "head_bytes"]
+
+def hist(h):
+    return ";".join(f"{k}:{v}" for k, v in h.items())
+
+def row(**kw):
+    w = csv.DictWriter(sys.stdout, COLS, lineterminator="\n")
+    w.writerow({c: kw.get(c, "") for c in COLS})
+
+def herd_row(peer, scen, rep, calls, js):
+    j = json.loads(js)
+    lat = j["latency_ms"]
+    row(peer=peer, scenario=scen, rep=rep, requests=j["n"],
+        upstream_calls=calls, errors=j["errors"],
+        statuses=hist(j["status"]) + (";" + hist(j["error_kinds"]) if j["errors"] else ""),
+        x_cache=hist(j["x_cache"]), min_ms=f'{lat.get("min", 0):.2f}',
+        p50_ms=f'{lat["p50"]:.2f}', p90_ms=f'{lat["p90"]:.2f}',
+        p99_ms=f'{lat["p99"]:.2f}', max_ms=f'{lat["max"]:.2f}',
+        req_per_s=f'{j["n"] / (j["wall_ms"] / 1000):.0f}' if j["wall_ms"] else "")
+
+def wrk_row(peer, scen, rep, calls, text):
+    line = next(l for l in text.splitlines() if l.startswith("WRK "))
+    j = json.loads(line[4:])
+    secs = j["duration_us"] / 1e6
+    row(peer=peer, scenario=scen, rep=rep, requests=j["requests"],
+        upstream_calls=calls, errors=j["errors"] + j["non2xx"],
+        statuses=f'non2xx:{j["non2xx"]}', x_cache="",
+        min_ms=f'{j["min_us"] / 1000:.3f}', p50_ms=f'{j["p50_us"] / 1000:.3f}',
+        p90_ms=f'{j["p90_us"] / 1000:.3f}', p99_ms=f'{j["p99_us"] / 1000:.3f}',
+        max_ms=f'{j["max_us"] / 1000:.3f}',
+        req_per_s=f'{j["requests"] / secs:.0f}')
+
+def mem_row(peer, scen, rep, calls, empty, full, stats, head, template, js):
+    j = json.loads(js)
+    # mean length of the request targets: the template with {k} = 0..n-1
+    n = j["n"]
+    digits = sum(len(str(k)) for k in range(n)) / n
+    path = template.split("//", 1)[1].split("/", 1)[1]
+    key_bytes = len(path) + 1 - 3 + digits
+    entries = cache_bytes = ""
+    if stats:
+        try:
+            s = json.loads(stats)
+            entries, cache_bytes = s["cache"]["entries"], s["cache"]["bytes"]
+        except (ValueError, KeyError):
+            pass
+    row(peer=peer, scenario=scen, rep=rep, requests=j["n"],
+        upstream_calls=calls, errors=j["errors"], statuses=hist(j["status"]),
+        x_cache=hist(j["x_cache"]), p50_ms=f'{j["latency_ms"]["p50"]:.2f}',
+        p99_ms=f'{j["latency_ms"]["p99"]:.2f}',
+        req_per_s=f'{j["n"] / (j["wall_ms"] / 1000):.0f}',
+        rss_empty_kib=empty, rss_full_kib=full, entries=entries,
+        cache_bytes=cache_bytes, key_bytes=f"{key_bytes:.1f}",
+        head_bytes=head)
+
+TITLES = {
+    "a_cold200": "a. 200 identical cold requests",
+    "b_cold1000": "b. 1,000 identical cold requests",
+    "c_keys50x20": "c. 50 keys x 20 requests",
+    "d_stale200": "d. 200 requests, just-stale key",
+    "e_error500": "e. 200 cold, upstream answers 500",
+    "f_hang": "f. 200 cold, upstream hangs (timeout 2s)",
+    "g_hit_1k": "g. warm hits, 1 KiB body",
+    "g_hit_64k": "g. warm hits, 64 KiB body",
+    "h_mem": "h. memory",
+}
+SHORT = {"a_cold200": "a 200 cold", "b_cold1000": "b 1000 cold",
+         "c_keys50x20": "c 50x20", "d_stale200": "d stale",
+         "e_error500": "e 500", "f_hang": "f hang"}
+
+def med(rows, col, fmt="{:.1f}"):
+    vals = [float(r[col]) for r in rows if r[col] != ""]
+    return fmt.format(statistics.median(vals)) if vals else "-"
+
+def report(csvpath, mdpath, latdat, hitdat):
+    rows = list(csv.DictReader(open(csvpath)))
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["peer"]), []).append(r)
+    peers = list(dict.fromkeys(r["peer"] for r in rows))
+    md = []
+    md.append("## Herds (latency from the moment all requests were started)\n")
+    md.append("| scenario | peer | requests | upstream calls (each rep) | "
+              "statuses | X-Cache | p50 ms | p99 ms | max ms |")
+    md.append("|---|---|--:|--:|---|---|--:|--:|--:|")
+    lat = {}
+    for scen in SHORT:
+        for peer in peers:
+            g = groups.get((scen, peer))
+            if not g:
+                continue
+            # the rep with the median p99 represents the statuses / X-Cache
+            rep = sorted(g, key=lambda r: float(r["p99_ms"]))[len(g) // 2]
+            calls = " / ".join(r["upstream_calls"] for r in g)
+            md.append(f'| {TITLES[scen]} | {peer} | {rep["requests"]} | {calls} | '
+                      f'{rep["statuses"].replace(";", " ")} | '
+                      f'{rep["x_cache"].replace(";", " ")} | '
+                      f'{med(g, "p50_ms")} | {med(g, "p99_ms")} | {med(g, "max_ms")} |')
+            lat.setdefault(scen, {})[peer] = med(g, "p99_ms", "{:.3f}")
+    md.append("")
+    md.append(f"## Warm hits (wrk -t2 -c64)\n")
+    md.append("| body | peer | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | upstream calls |")
+    md.append("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    hits = {}
+    for scen, body in (("g_hit_1k", "1 KiB"), ("g_hit_64k", "64 KiB")):
+        for peer in peers:
+            g = groups.get((scen, peer))
+            if not g:
+                continue
+            md.append(f'| {body} | {peer} | {med(g, "req_per_s", "{:.0f}")} | '
+                      f'{med(g, "p50_ms", "{:.2f}")} | {med(g, "p90_ms", "{:.2f}")} | '
+                      f'{med(g, "p99_ms", "{:.2f}")} | {med(g, "max_ms", "{:.2f}")} | '
+                      f'{med(g, "errors", "{:.0f}")} | '
+                      f'{" / ".join(r["upstream_calls"] for r in g)} |')
+            hits.setdefault(body, {})[peer] = med(g, "req_per_s", "{:.0f}")
+    md.append("")
+    memrows = [r for r in rows if r["scenario"] == "h_mem"]
+    if memrows:
+        md.append(f'## Memory ({int(memrows[0]["requests"]):,} distinct 1 KiB '
+                  'bodies cached)\n')
+        md.append("| peer | RSS empty MiB | RSS full MiB | RSS growth per entry B | "
+                  "cache accounting per entry B | overhead beyond key, head, body B "
+                  "(RSS / accounting) | entries | fill req/s |")
+        md.append("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for peer in peers:
+        g = groups.get(("h_mem", peer))
+        if not g:
+            continue
+        per = statistics.median(
+            (float(r["rss_full_kib"]) - float(r["rss_empty_kib"])) * 1024 /
+            float(r["requests"]) for r in g)
+        own = [float(r["cache_bytes"]) / float(r["entries"]) for r in g
+               if r["entries"] not in ("", "0")]
+        own = statistics.median(own) if own else None
+        payload = statistics.median(1024 + float(r["key_bytes"]) +
+                                    float(r["head_bytes"] or 0) for r in g)
+        over = f"{per - payload:.0f} / " + (f"{own - payload:.0f}" if own else "-")
+        md.append(f'| {peer} | {float(med(g, "rss_empty_kib")) / 1024:.1f} | '
+                  f'{float(med(g, "rss_full_kib")) / 1024:.1f} | {per:.0f} | '
+                  f'{f"{own:.0f}" if own else "-"} | {over} | '
+                  f'{med(g, "entries", "{:.0f}")} | {med(g, "req_per_s", "{:.0f}")} |')
+    open(mdpath, "a").write("\n".join(md) + "\n")
+    with open(latdat, "w") as f:
+        f.write("scenario " + " ".join(peers) + "\n")
+        for scen in SHORT:
+            if scen in lat:
+                f.write(f'"{SHORT[scen]}" ' +
+                        " ".join(lat[scen].get(p, "NaN") for p in peers) + "\n")
+    with open(hitdat, "w") as f:
+        f.write("body " + " ".join(peers) + "\n")
+        for body, v in hits.items():
+            f.write(f'"{body}" ' + " ".join(v.get(p, "NaN") for p in peers) + "\n")
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"herd": herd_row, "wrk": wrk_row, "mem": mem_row, "report": report}[cmd](*args)
+PY
+py() { python3 "$tmp/bench.py" "$@"; }
+
+csv_tmp=$tmp/daemon.csv
+python3 -c "import sys; sys.path.insert(0, '$tmp'); import bench; print(','.join(bench.COLS))" >"$csv_tmp"
+
+# wrk prints its figures through this script's done(): one JSON line.
+cat >"$tmp/report.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK {"requests":%d,"duration_us":%d,"bytes":%d,"min_us":%d,"p50_us":%d,' ..
+    '"p90_us":%d,"p99_us":%d,"max_us":%d,"errors":%d,"non2xx":%d}\n',
+    summary.requests, summary.duration, summary.bytes, latency.min,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, e.connect + e.read + e.write + e.timeout, e.status))
+end
+LUA
+
+run_id=r$(date +%s)$$
+progress() { # peer scenario rep: the last CSV row, readable
+  tail -n1 "$csv_tmp" | awk -F, -v p="$1" -v s="$2" -v r="$3" '{
+    printf "  %-12s %-10s rep %s: %s req, %s upstream call(s), p50 %s p99 %s ms, %s req/s  %s %s\n",
+      s, p, r, $4, $5, $10, $12, $14, $7, $8 }' >&2
+}
+
+# ---- scenarios --------------------------------------------------------------------------
+herd_scenario() { # id profile n keys query
+  local id=$1 profile=$2 n=$3 keys=$4 query=$5 peer rep url js calls
+  for peer in "${peers[@]}"; do
+    for rep in $(seq "$reps"); do
+      reset_all "$peer" "$profile"
+      url="http://127.0.0.1:${PORT[$peer/$profile]}/$run_id/$id/$peer/$rep/item"
+      ((keys > 1)) && url+="{k}"
+      [[ -n $query ]] && url+="?$query"
+      js=$("$herd" --url "$url" --n "$n" --keys "$keys" --timeout-ms 15000 --json --quiet) || true
+      [[ -n $js ]] || die "bench_herd failed on $url"
+      calls=$(upstream_total)
+      py herd "$peer" "$id" "$rep" "$calls" "$js" >>"$csv_tmp"
+      progress "$peer" "$id" "$rep"
+    done
+  done
+}
+
+stale_scenario() { # d: warm a key on a ttl-1s instance, let it go stale, herd it
+  local peer rep url js calls
+  for peer in "${peers[@]}"; do
+    peer_up "$peer" swr
+    for rep in $(seq "$reps"); do
+      url="http://127.0.0.1:${PORT[$peer/swr]}/$run_id/d/$peer/$rep/item"
+      curl -s -o /dev/null --max-time 5 "$url"
+      sleep 1.3 # past the 1 s ttl, well within the stale window
+      reset_all "$peer" swr
+      js=$("$herd" --url "$url" --n 200 --timeout-ms 15000 --json --quiet) || true
+      sleep 0.3 # let the background refresh reach the upstream
+      calls=$(upstream_total)
+      py herd "$peer" d_stale200 "$rep" "$calls" "$js" >>"$csv_tmp"
+      progress "$peer" d_stale200 "$rep"
+    done
+    peer_down "$peer" swr
+  done
+}
+
+hit_scenario() { # id body_size
+  local id=$1 size=$2 peer rep url calls
+  command -v wrk >/dev/null || {
+    say "  $id: wrk not installed, skipped"
+    return 0
+  }
+  for peer in "${peers[@]}"; do
+    url="http://127.0.0.1:${PORT[$peer/main]}/$run_id/$id/$peer/hot?body_size=$size"
+    curl -s -o /dev/null --max-time 5 "$url"
+    curl -s -o /dev/null --max-time 5 "$url"
+    for rep in $(seq "$reps"); do
+      reset_all "$peer" main
+      wrk -t2 -c64 -d"${wrk_seconds}s" -s "$tmp/report.lua" "$url" >"$tmp/wrk.out" 2>&1 ||
+        die "wrk failed: $(tail -3 "$tmp/wrk.out")"
+      calls=$(upstream_total)
+      py wrk "$peer" "$id" "$rep" "$calls" "$(cat "$tmp/wrk.out")" >>"$csv_tmp"
+      progress "$peer" "$id" "$rep"
+    done
+  done
+}
+
+mem_scenario() { # h: RSS of a fresh instance, then with mem_entries 1 KiB entries
+  local peer rep url js calls empty full stats
+  for peer in "${peers[@]}"; do
+    for rep in $(seq "$reps"); do
+      peer_up "$peer" mem
+      sleep 0.3
+      # shellcheck disable=SC2086
+      empty=$(rss_kib ${PIDS[$peer/mem]})
+      reset_all "$peer" mem
+      url="http://127.0.0.1:${PORT[$peer/mem]}/$run_id/h/$rep/{k}?delay_ms=0&body_size=1024"
+      js=$("$herd" --url "$url" --n "$mem_entries" --keys "$mem_entries" \
+        --concurrency 128 --timeout-ms 15000 --json --quiet) || true
+      sleep 0.5
+      # shellcheck disable=SC2086
+      full=$(rss_kib ${PIDS[$peer/mem]})
+      stats=
+      if declare -F "stats_$peer" >/dev/null; then stats=$("stats_$peer" mem); fi
+      calls=$(upstream_total)
+      # the stored response head: what a hit sends, less X-Cache and Age
+      head=$(curl -s -D - -o /dev/null --max-time 5 "${url/\{k\}/0}" |
+        grep -aiv '^x-cache:\|^age:' | wc -c)
+      py mem "$peer" h_mem "$rep" "$calls" "$empty" "$full" "$stats" "$head" "$url" "$js" >>"$csv_tmp"
+      say "  h_mem        $peer rep $rep: RSS ${empty} KiB empty, ${full} KiB with $mem_entries entries ($calls upstream calls)"
+      peer_down "$peer" mem
+    done
+  done
+}
+
+# ---- run ----------------------------------------------------------------------------------
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+versions="coalesced $(version_coalesced | awk '{print $NF}') ($build_type, $build/)"
+for p in "${peers[@]}"; do
+  [[ $p == coalesced ]] && continue
+  if declare -F "version_$p" >/dev/null; then versions+=", $("version_$p")"; fi
+done
+wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}' || true)
+curl_version=$(curl --version | awk 'NR == 1 {print $2}')
+machine="$(nproc) cores ($cpu), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+say "bench: $machine"
+say "bench: $versions; wrk ${wrk_version:-not installed}; peers: ${peers[*]}; $reps reps"
+started=$SECONDS
+
+for peer in "${peers[@]}"; do peer_up "$peer" main; done
+herd_scenario a_cold200 main 200 1 ""
+herd_scenario b_cold1000 main 1000 1 ""
+herd_scenario c_keys50x20 main 1000 50 ""
+stale_scenario
+herd_scenario e_error500 main 200 1 "status=500"
+herd_scenario f_hang main 200 1 "fail=hang"
+hit_scenario g_hit_1k 1024
+hit_scenario g_hit_64k 65536
+for peer in "${peers[@]}"; do peer_down "$peer" main; done
+mem_scenario
+elapsed=$((SECONDS - started))
+
+# ---- report -------------------------------------------------------------------------------
+mkdir -p "$out"
+md_tmp=$tmp/daemon.md
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
+[[ -n $(git status --porcelain -- src include daemon 2>/dev/null) ]] && rev+=" (with uncommitted changes)"
+cat >"$md_tmp" <<EOF
+# coalesced benchmark
+
+Generated by \`bench/run.sh\` (\`make bench\`) on $(date -u '+%Y-%m-%d %H:%M UTC'),
+source $rev, in ${elapsed} s. Raw figures, one row per rep: [daemon.csv](daemon.csv).
+
+- Machine: $machine.
+  **The clients (bench_herd, wrk), the test upstream and the servers share
+  these cores**, and the machine is shared with other work: compare rows
+  of one run, not figures across runs or machines.
+- Versions: $versions; wrk ${wrk_version:-not installed}; curl/libcurl $curl_version.
+- Peers in this run: ${peers[*]}. nginx and Varnish join when their
+  \`start_<peer>\` functions are in bench/run.sh and they are installed.
+- Upstream: tests/upstream/testupstream, every answer after ${delay_ms} ms
+  unless the scenario's query says otherwise; coalesced with
+  \`--upstream-timeout 2s --ttl 300s\` (scenario d: \`--ttl 1s --stale 30s\`),
+  $(nproc) workers, log level warn.
+- Every scenario ran $reps times on fresh keys; latency and throughput
+  figures are the medians of the reps, upstream calls are listed per rep.
+  Herd latency is per request, from the moment the whole herd had been
+  started (all N connections opened in one libcurl multi loop) to its last
+  byte, so it includes the client opening the herd on the same cores.
+
+![p99 latency per scenario](daemon-latency.png) ![warm hits per second](daemon-hits.png)
+
+EOF
+py report "$csv_tmp" "$md_tmp" "$tmp/lat.dat" "$tmp/hits.dat"
+cat >>"$md_tmp" <<'EOF'
+
+## How to read it
+
+- a–c: one upstream call per key is the point (DESIGN.md §1 invariant 1);
+  p99 close to the upstream's 200 ms means waiters are woken by event, not
+  by polling (nginx's cache lock re-checks every 500 ms).
+- d: all answers STALE at once and exactly one background refresh.
+- e: a 500 is shared with the flight's waiters, not stored.
+- f: every waiter gets the flight's 504 when the 2 s upstream timeout fires.
+- h: "RSS growth per entry" is (RSS full - RSS empty) / entries; "cache
+  accounting" is the daemon's own cache.bytes / entries. The overhead column
+  subtracts the 1 KiB body, the request target (the key) and the response
+  head as a hit sends it (less X-Cache and Age): DESIGN.md §6 asks under
+  256 bytes.
+
+## How to reproduce
+
+```sh
+make bench                      # = bench/run.sh: Release build in build-bench2/
+REPS=1 WRK_SECONDS=3 bench/run.sh   # a quick look
+```
+EOF
+
+if command -v gnuplot >/dev/null; then
+  ncol=$((${#peers[@]} + 1))
+  gnuplot <<EOF || say "bench: gnuplot failed, no plots"
+set terminal pngcairo size 900,480 noenhanced font ",10"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set key top left autotitle columnhead
+set grid ytics
+set output "$tmp/daemon-latency.png"
+set title "Herd p99 latency (ms, log scale; upstream answers in 200 ms)"
+set logscale y
+set yrange [1:*]
+plot for [i=2:$ncol] "$tmp/lat.dat" using i:xtic(1)
+unset logscale y
+set yrange [0:*]
+set output "$tmp/daemon-hits.png"
+set title "Warm cache hits: requests per second (wrk -t2 -c64)"
+plot for [i=2:$ncol] "$tmp/hits.dat" using i:xtic(1)
+EOF
+else
+  say "bench: gnuplot not installed: no plots (scripts/deps.sh deps/bench.txt)"
+fi
+
+mv "$csv_tmp" "$out/daemon.csv"
+mv "$md_tmp" "$out/daemon.md"
+for f in daemon-latency.png daemon-hits.png; do
+  [[ -f $tmp/$f ]] && mv "$tmp/$f" "$out/$f"
+done
+say "bench: done in ${elapsed} s: $out/daemon.md"
+cat "$out/daemon.md"
