@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench/run.sh (`make bench`) — the daemon benchmark: coalesced (and, when a
-# start_<peer> function exists and the peer is installed, nginx / Varnish)
-# in front of the same slow test upstream, side by side, in one run.
+# bench/run.sh (`make bench`) — the daemon benchmark: coalesced, nginx and
+# Varnish in front of the same slow test upstream, side by side, in one run
+# on one machine (issue 5).
 #
 #   bench/run.sh                  # Release build in build-bench2/, 3 reps
 #   BUILD=build bench/run.sh      # reuse an existing build directory
@@ -13,21 +13,28 @@
 #   a  200 identical cold requests at once      upstream calls, latency
 #   b  1,000 identical cold requests at once
 #   c  50 keys x 20 requests, all at once
-#   d  200 requests on a just-stale key         (ttl 1s instance: STALE, 1 refresh)
+#   d  200 requests on a just-stale key         (past the 5 s ttl: STALE, 1 refresh)
 #   e  200 cold requests, upstream answers 500
 #   f  200 cold requests, upstream hangs        (upstream timeout 2s)
-#   g  warm hits with wrk -t2 -c64, 1 KiB and 64 KiB bodies
-#   h  RSS empty vs with 100,000 distinct 1 KiB entries cached
+#   g  warm hits with wrk -t2 -c64, 1 KiB and 64 KiB bodies, and the
+#      ceiling: a static nginx `return 200` of a 1 KiB body
+#   h  RSS empty vs with 100,000 distinct 1 KiB entries cached (coalesced)
 # The upstream (tests/upstream) answers after 200 ms unless a scenario says
-# otherwise in the query string.
+# otherwise in the query string. Every server caches 200s for 5 s, serves
+# them stale for 30 s more while one refresh runs, and gives up on the
+# upstream after 2 s; the peers' configurations are in bench/peers/ and
+# explained in bench/README.md.
 #
-# A peer is four functions: start_<peer> PROFILE (starts an instance and
-# sets peer_port, peer_pids, peer_admin), stop_<peer> PROFILE, and optional
-# reset_<peer> PROFILE (zero its stats) and version_<peer>. PROFILE is main
-# (ttl 300s, upstream timeout 2s), swr (ttl 1s then stale-while-revalidate)
-# or mem (a fresh main). Scenarios loop over the peers found.
+# A peer is functions: start_<peer> PROFILE (starts an instance and sets
+# peer_port, peer_pids, peer_admin), stop_<peer> PROFILE, and optional
+# reset_<peer> PROFILE (zero its stats), stats_<peer> and version_<peer>;
+# coalesced's are below, nginx's and Varnish's in bench/peers/peers.sh.
+# PROFILE is main (ttl 5s, stale 30s, upstream timeout 2s), fresh (a new
+# main instance for each rep of the failure scenarios, so a tripped circuit
+# breaker never leaks into another measurement) or mem (main with a 300 s
+# ttl, so nothing expires while the cache fills).
 #
-# Writes docs/bench/daemon.{md,csv} and daemon-latency.png, daemon-hits.png
+# Writes docs/bench/peers.{md,csv} and peers-latency.png, peers-hits.png
 # (gnuplot). Results go to temporary files first: a failed run never
 # replaces earlier results. Every process started is stopped by PID.
 set -euo pipefail
@@ -37,6 +44,9 @@ root=$PWD
 reps=${REPS:-3}
 wrk_seconds=${WRK_SECONDS:-10}
 mem_entries=${MEM_ENTRIES:-100000}
+read -r -a mem_peers <<<"${MEM_PEERS:-coalesced}"
+ceiling=${CEILING:-1} # 0: no static-nginx ceiling in scenario g
+ttl_s=5               # every peer's fresh lifetime (coalesced --ttl 5s)
 delay_ms=200
 out=docs/bench
 jobs=${JOBS:-2}
@@ -48,9 +58,26 @@ die() {
 }
 
 # ---- tools and build ----------------------------------------------------------
-if ! command -v wrk >/dev/null || ! command -v gnuplot >/dev/null; then
-  scripts/deps.sh deps/bench.txt || say "bench: could not install deps/bench.txt (not root?): going on without"
-fi
+# Installing nginx or varnish must not start the distro's services: while
+# deps.sh runs, a policy-rc.d (the Debian mechanism) refuses every service
+# start, unless the machine already has one.
+install_deps() {
+  local policy=/usr/sbin/policy-rc.d own=0 rc=0
+  if [[ $(id -u) -eq 0 && ! -e $policy ]]; then
+    printf '#!/bin/sh\n# bench/run.sh: no service starts while installing\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own=1
+  fi
+  scripts/deps.sh deps/bench.txt || rc=$?
+  ((own)) && rm -f "$policy"
+  return "$rc"
+}
+for tool in wrk gnuplot nginx varnishd; do
+  if ! command -v "$tool" >/dev/null; then
+    install_deps || say "bench: could not install deps/bench.txt (not root?): going on without"
+    break
+  fi
+done
 if [[ -n ${BUILD:-} ]]; then
   build=$BUILD
   cmake --build "$build" --target bench_herd -j"$jobs" >"$build/bench-build.log" 2>&1 ||
@@ -72,6 +99,15 @@ done
 
 # ---- process bookkeeping --------------------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/coalesce-bench.XXXXXX")
+# The peers' own directories (nginx's cache files, Varnish's shared memory):
+# on tmpfs when there is one, so no peer's hit waits for a disk.
+if [[ -d /dev/shm && -w /dev/shm ]]; then
+  peer_base=$(mktemp -d /dev/shm/coalesce-bench.XXXXXX)
+else
+  peer_base=$tmp/peers
+  mkdir "$peer_base"
+fi
+chmod 755 "$tmp" "$peer_base" # nginx workers and Varnish drop root
 pids=()
 stop_pid() { # pid: TERM, then KILL after 5 s; forgets it
   local p=$1 q keep=()
@@ -92,7 +128,7 @@ cleanup() {
   while ((${#pids[@]} > 0)); do
     stop_pid "${pids[0]}"
   done
-  rm -rf "$tmp"
+  rm -rf "$tmp" "$peer_base"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -126,12 +162,15 @@ upstream_total() {
 # ---- peers ------------------------------------------------------------------------
 start_coalesced() { # profile
   local args=(--upstream "$upstream" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
-    --log-level warn --upstream-timeout 2s)
+    --log-level warn --upstream-timeout 2s --workers 2 --stale 30s)
   case $1 in
-  main | mem) args+=(--ttl 300s) ;;
-  swr) args+=(--ttl 1s --stale 30s) ;;
+  main | fresh) args+=(--ttl "${ttl_s}s") ;;
+  mem) args+=(--ttl 300s) ;;
   esac
-  local o=$tmp/coalesced-$1.out
+  # a new file per instance: reusing one, the check for its "listening"
+  # line could read the previous instance's before the shell truncates it
+  local o
+  o=$(mktemp "$tmp/coalesced-$1.XXXXXX")
   "$coalesced" "${args[@]}" >"$o" 2>"$o.err" &
   local pid=$!
   pids+=("$pid")
@@ -155,8 +194,12 @@ stats_coalesced() { # profile: the daemon's stats JSON
 }
 version_coalesced() { "$coalesced" --version 2>&1 | head -n1; }
 
+# nginx, Varnish and the static-nginx ceiling.
+# shellcheck source=bench/peers/peers.sh
+source "$root/bench/peers/peers.sh"
+
 # The peers of this run: coalesced, then any other that has a start_<peer>
-# here and its server installed (nginx and Varnish arrive in a later task).
+# and its server installed.
 declare -A peer_binary=([nginx]=nginx [varnish]=varnishd)
 if [[ -n ${PEERS:-} ]]; then
   read -r -a peers <<<"$PEERS"
@@ -268,18 +311,101 @@ TITLES = {
 SHORT = {"a_cold200": "a 200 cold", "b_cold1000": "b 1000 cold",
          "c_keys50x20": "c 50x20", "d_stale200": "d stale",
          "e_error500": "e 500", "f_hang": "f hang"}
+CEILING = "nginx_static"
+# coalesced's targets (issue 5): (scenario, max upstream calls, max p99 ms)
+HERD_TARGETS = {"a_cold200": (1, 205), "b_cold1000": (1, 260),
+                "c_keys50x20": (50, 260), "d_stale200": (1, 10),
+                "e_error500": (1, None), "f_hang": (1, 2010)}
+MEM_TARGET = 1024 + 256  # RSS growth per 1 KiB entry, bytes
 
 def med(rows, col, fmt="{:.1f}"):
     vals = [float(r[col]) for r in rows if r[col] != ""]
     return fmt.format(statistics.median(vals)) if vals else "-"
+
+def medf(rows, col):
+    vals = [float(r[col]) for r in rows if r[col] != ""]
+    return statistics.median(vals) if vals else None
+
+def mem_per_entry(g):
+    return statistics.median(
+        (float(r["rss_full_kib"]) - float(r["rss_empty_kib"])) * 1024 /
+        float(r["requests"]) for r in g)
+
+def summary(groups, peers):
+    """The issue's table: one row per scenario, one column per peer, and
+    whether coalesced meets its target."""
+    others = [p for p in peers if p != "coalesced"]
+    md = ["## Side by side (medians of the reps; calls = upstream calls)\n",
+          "| scenario | measure | " + " | ".join(peers) +
+          " | coalesced's target | met |",
+          "|---|---|" + "--:|" * len(peers) + "---|:-:|"]
+    def ok(b):
+        return "yes" if b else "**no**"
+    for scen, (max_calls, max_p99) in HERD_TARGETS.items():
+        if (scen, "coalesced") not in groups:
+            continue
+        cells_c, cells_p = [], []
+        for p in peers:
+            g = groups.get((scen, p))
+            cells_c.append(med(g, "upstream_calls", "{:.0f}") if g else "-")
+            cells_p.append(med(g, "p99_ms") if g else "-")
+        g = groups[(scen, "coalesced")]
+        calls, p99 = medf(g, "upstream_calls"), medf(g, "p99_ms")
+        worst = max(float(r["upstream_calls"]) for r in g)
+        md.append(f"| {TITLES[scen]} | calls | " + " | ".join(cells_c) +
+                  f" | {max_calls} every rep | {ok(worst <= max_calls)} |")
+        if max_p99:
+            md.append(f"| | p99 ms | " + " | ".join(cells_p) +
+                      f" | ≤ {max_p99} | {ok(p99 <= max_p99)} |")
+        else:
+            md.append(f"| | p99 ms | " + " | ".join(cells_p) + " | | |")
+    ceil = groups.get(("g_hit_1k", CEILING))
+    for scen in ("g_hit_1k", "g_hit_64k"):
+        if (scen, "coalesced") not in groups:
+            continue
+        rps = {p: medf(groups[(scen, p)], "req_per_s")
+               for p in peers if (scen, p) in groups}
+        p99 = {p: medf(groups[(scen, p)], "p99_ms")
+               for p in peers if (scen, p) in groups}
+        ng = rps.get("nginx")
+        if scen == "g_hit_1k":
+            target = "≥ 1.3 × nginx"
+            met = ok(ng is not None and rps["coalesced"] >= 1.3 * ng) if ng else "-"
+        else:
+            target = "≥ nginx"
+            met = ok(rps["coalesced"] >= ng) if ng else "-"
+        md.append(f"| {TITLES[scen]} | req/s | " +
+                  " | ".join(f"{rps[p]:.0f}" if p in rps else "-" for p in peers) +
+                  f" | {target} | {met} |")
+        if scen == "g_hit_1k":
+            met = ok(p99["coalesced"] <= p99["nginx"]) if "nginx" in p99 else "-"
+            md.append("| | p99 ms | " +
+                      " | ".join(f"{p99[p]:.2f}" if p in p99 else "-" for p in peers) +
+                      f" | ≤ nginx | {met} |")
+            if ceil:
+                c = medf(ceil, "req_per_s")
+                md.append("| | share of the static-nginx ceiling "
+                          f"({c:.0f} req/s) | " +
+                          " | ".join(f"{rps[p] / c:.0%}" if p in rps else "-"
+                                     for p in peers) + " | | |")
+    g = groups.get(("h_mem", "coalesced"))
+    if g:
+        per = mem_per_entry(g)
+        md.append("| h. RSS growth per 1 KiB entry | bytes | " +
+                  " | ".join(f"{per:.0f}" if p == "coalesced" else "-"
+                             for p in peers) +
+                  f" | ≤ {MEM_TARGET} | {ok(per <= MEM_TARGET)} |")
+    return md
 
 def report(csvpath, mdpath, latdat, hitdat):
     rows = list(csv.DictReader(open(csvpath)))
     groups = {}
     for r in rows:
         groups.setdefault((r["scenario"], r["peer"]), []).append(r)
-    peers = list(dict.fromkeys(r["peer"] for r in rows))
-    md = []
+    allpeers = list(dict.fromkeys(r["peer"] for r in rows))
+    peers = [p for p in allpeers if p != CEILING]
+    md = summary(groups, peers)
+    md.append("")
     md.append("## Herds (latency from the moment all requests were started)\n")
     md.append("| scenario | peer | requests | upstream calls (each rep) | "
               "statuses | X-Cache | p50 ms | p99 ms | max ms |")
@@ -304,11 +430,12 @@ def report(csvpath, mdpath, latdat, hitdat):
     md.append("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     hits = {}
     for scen, body in (("g_hit_1k", "1 KiB"), ("g_hit_64k", "64 KiB")):
-        for peer in peers:
+        for peer in allpeers:
             g = groups.get((scen, peer))
             if not g:
                 continue
-            md.append(f'| {body} | {peer} | {med(g, "req_per_s", "{:.0f}")} | '
+            name = "static nginx (ceiling)" if peer == CEILING else peer
+            md.append(f'| {body} | {name} | {med(g, "req_per_s", "{:.0f}")} | '
                       f'{med(g, "p50_ms", "{:.2f}")} | {med(g, "p90_ms", "{:.2f}")} | '
                       f'{med(g, "p99_ms", "{:.2f}")} | {med(g, "max_ms", "{:.2f}")} | '
                       f'{med(g, "errors", "{:.0f}")} | '
@@ -327,9 +454,7 @@ def report(csvpath, mdpath, latdat, hitdat):
         g = groups.get(("h_mem", peer))
         if not g:
             continue
-        per = statistics.median(
-            (float(r["rss_full_kib"]) - float(r["rss_empty_kib"])) * 1024 /
-            float(r["requests"]) for r in g)
+        per = mem_per_entry(g)
         own = [float(r["cache_bytes"]) / float(r["entries"]) for r in g
                if r["entries"] not in ("", "0")]
         own = statistics.median(own) if own else None
@@ -348,9 +473,11 @@ def report(csvpath, mdpath, latdat, hitdat):
                 f.write(f'"{SHORT[scen]}" ' +
                         " ".join(lat[scen].get(p, "NaN") for p in peers) + "\n")
     with open(hitdat, "w") as f:
-        f.write("body " + " ".join(peers) + "\n")
+        names = {CEILING: "static-nginx-ceiling"}
+        f.write("body " + " ".join(names.get(p, p) for p in allpeers) + "\n")
         for body, v in hits.items():
-            f.write(f'"{body}" ' + " ".join(v.get(p, "NaN") for p in peers) + "\n")
+            f.write(f'"{body}" ' + " ".join(v.get(p, "NaN") for p in allpeers) + "\n")
+    print(len(peers) + 1, len(allpeers) + 1)
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
@@ -358,7 +485,7 @@ if __name__ == "__main__":
 PY
 py() { python3 "$tmp/bench.py" "$@"; }
 
-csv_tmp=$tmp/daemon.csv
+csv_tmp=$tmp/peers.csv
 python3 -c "import sys; sys.path.insert(0, '$tmp'); import bench; print(','.join(bench.COLS))" >"$csv_tmp"
 
 # wrk prints its figures through this script's done(): one JSON line.
@@ -382,10 +509,13 @@ progress() { # peer scenario rep: the last CSV row, readable
 }
 
 # ---- scenarios --------------------------------------------------------------------------
+# profile "fresh": a new instance for each rep (and peer), so that what a
+# failing upstream does to the circuit breaker stays within that rep.
 herd_scenario() { # id profile n keys query
   local id=$1 profile=$2 n=$3 keys=$4 query=$5 peer rep url js calls
   for peer in "${peers[@]}"; do
     for rep in $(seq "$reps"); do
+      if [[ $profile == fresh ]]; then peer_up "$peer" fresh; fi
       reset_all "$peer" "$profile"
       url="http://127.0.0.1:${PORT[$peer/$profile]}/$run_id/$id/$peer/$rep/item"
       ((keys > 1)) && url+="{k}"
@@ -395,36 +525,48 @@ herd_scenario() { # id profile n keys query
       calls=$(upstream_total)
       py herd "$peer" "$id" "$rep" "$calls" "$js" >>"$csv_tmp"
       progress "$peer" "$id" "$rep"
+      if [[ $profile == fresh ]]; then peer_down "$peer" fresh; fi
     done
   done
 }
 
-stale_scenario() { # d: warm a key on a ttl-1s instance, let it go stale, herd it
+# d: each rep warms one key on every peer's main instance, waits until the
+# ttl has passed (well within the 30 s stale window), then herds each peer
+# in turn: the whole herd should be answered from the stale copy at once
+# while exactly one background refresh reaches the upstream.
+stale_scenario() {
   local peer rep url js calls
-  for peer in "${peers[@]}"; do
-    peer_up "$peer" swr
-    for rep in $(seq "$reps"); do
-      url="http://127.0.0.1:${PORT[$peer/swr]}/$run_id/d/$peer/$rep/item"
+  for rep in $(seq "$reps"); do
+    for peer in "${peers[@]}"; do
+      url="http://127.0.0.1:${PORT[$peer/main]}/$run_id/d/$peer/$rep/item"
       curl -s -o /dev/null --max-time 5 "$url"
-      sleep 1.3 # past the 1 s ttl, well within the stale window
-      reset_all "$peer" swr
+    done
+    sleep "$ttl_s.3"
+    for peer in "${peers[@]}"; do
+      url="http://127.0.0.1:${PORT[$peer/main]}/$run_id/d/$peer/$rep/item"
+      reset_all "$peer" main
       js=$("$herd" --url "$url" --n 200 --timeout-ms 15000 --json --quiet) || true
+      [[ -n $js ]] || die "bench_herd failed on $url"
       sleep 0.3 # let the background refresh reach the upstream
       calls=$(upstream_total)
       py herd "$peer" d_stale200 "$rep" "$calls" "$js" >>"$csv_tmp"
       progress "$peer" d_stale200 "$rep"
     done
-    peer_down "$peer" swr
   done
 }
 
-hit_scenario() { # id body_size
+# g: one hot key per peer, warmed, then wrk for $wrk_seconds per rep. The 5 s
+# ttl runs out during a rep: every peer then serves the stale copy while one
+# background refresh runs, so a rep costs each peer about one upstream call
+# per 5 s. hit_peers adds the ceiling (static nginx, 1 KiB only).
+hit_scenario() { # id body_size hit_peers...
   local id=$1 size=$2 peer rep url calls
+  shift 2
   command -v wrk >/dev/null || {
     say "  $id: wrk not installed, skipped"
     return 0
   }
-  for peer in "${peers[@]}"; do
+  for peer in "$@"; do
     url="http://127.0.0.1:${PORT[$peer/main]}/$run_id/$id/$peer/hot?body_size=$size"
     curl -s -o /dev/null --max-time 5 "$url"
     curl -s -o /dev/null --max-time 5 "$url"
@@ -441,7 +583,8 @@ hit_scenario() { # id body_size
 
 mem_scenario() { # h: RSS of a fresh instance, then with mem_entries 1 KiB entries
   local peer rep url js calls empty full stats
-  for peer in "${peers[@]}"; do
+  for peer in "${mem_peers[@]}"; do
+    [[ " ${peers[*]} " == *" $peer "* ]] || continue
     for rep in $(seq "$reps"); do
       peer_up "$peer" mem
       sleep 0.3
@@ -476,7 +619,9 @@ for p in "${peers[@]}"; do
 done
 wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}' || true)
 curl_version=$(curl --version | awk 'NR == 1 {print $2}')
-machine="$(nproc) cores ($cpu), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+distro=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")
+machine="$(nproc) cores ($cpu), $mem_total RAM, ${distro:-Linux}, kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 say "bench: $machine"
 say "bench: $versions; wrk ${wrk_version:-not installed}; peers: ${peers[*]}; $reps reps"
 started=$SECONDS
@@ -486,46 +631,69 @@ herd_scenario a_cold200 main 200 1 ""
 herd_scenario b_cold1000 main 1000 1 ""
 herd_scenario c_keys50x20 main 1000 50 ""
 stale_scenario
-herd_scenario e_error500 main 200 1 "status=500"
-herd_scenario f_hang main 200 1 "fail=hang"
-hit_scenario g_hit_1k 1024
-hit_scenario g_hit_64k 65536
+hit_peers=("${peers[@]}")
+if ((ceiling)) && command -v nginx >/dev/null; then
+  peer_up nginx_static main
+  hit_peers+=(nginx_static)
+fi
+hit_scenario g_hit_1k 1024 "${hit_peers[@]}"
+if [[ -n ${PIDS[nginx_static/main]:-} ]]; then peer_down nginx_static main; fi
+hit_scenario g_hit_64k 65536 "${peers[@]}"
 for peer in "${peers[@]}"; do peer_down "$peer" main; done
+herd_scenario e_error500 fresh 200 1 "status=500"
+herd_scenario f_hang fresh 200 1 "fail=hang"
 mem_scenario
 elapsed=$((SECONDS - started))
 
 # ---- report -------------------------------------------------------------------------------
 mkdir -p "$out"
-md_tmp=$tmp/daemon.md
+md_tmp=$tmp/peers.md
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
 [[ -n $(git status --porcelain -- src include daemon 2>/dev/null) ]] && rev+=" (with uncommitted changes)"
+ceiling_note=
+[[ " ${hit_peers[*]} " == *" nginx_static "* ]] && ceiling_note=', and static nginx (the ceiling of the 1 KiB hits)'
 cat >"$md_tmp" <<EOF
-# coalesced benchmark
+# coalesced, nginx and Varnish: the benchmark
 
 Generated by \`bench/run.sh\` (\`make bench\`) on $(date -u '+%Y-%m-%d %H:%M UTC'),
-source $rev, in ${elapsed} s. Raw figures, one row per rep: [daemon.csv](daemon.csv).
+source $rev, in ${elapsed} s. Raw figures, one row per rep: [peers.csv](peers.csv).
+Every peer's figures below come from this same run, on the same machine,
+in front of the same upstream.
 
 - Machine: $machine.
-  **The clients (bench_herd, wrk), the test upstream and the servers share
-  these cores**, and the machine is shared with other work: compare rows
-  of one run, not figures across runs or machines.
+  **The clients (bench_herd, wrk), the test upstream and all the servers
+  share these $(nproc) cores**, and the machine is shared with other work:
+  compare rows of one run, not figures across runs or machines. A server's
+  two workers compete with wrk's two threads for the cores, so the hit
+  rates measure the whole box; the static-nginx row is its ceiling.
 - Versions: $versions; wrk ${wrk_version:-not installed}; curl/libcurl $curl_version.
-- Peers in this run: ${peers[*]}. nginx and Varnish join when their
-  \`start_<peer>\` functions are in bench/run.sh and they are installed.
+- Peers in this run: ${peers[*]}$ceiling_note.
 - Upstream: tests/upstream/testupstream, every answer after ${delay_ms} ms
-  unless the scenario's query says otherwise; coalesced with
-  \`--upstream-timeout 2s --ttl 300s\` (scenario d: \`--ttl 1s --stale 30s\`),
-  $(nproc) workers, log level warn.
+  unless the scenario's query says otherwise.
+- Every server: 200s cached for ${ttl_s} s, then served stale for 30 s while
+  one background refresh runs; other statuses not stored; the upstream
+  given 2 s; 2 worker processes or event loops. coalesced:
+  \`--ttl ${ttl_s}s --stale 30s --upstream-timeout 2s --workers 2\` (h: \`--ttl 300s\`).
+  nginx: \`proxy_cache\` with \`proxy_cache_lock on\` (lock timeout and age
+  2 s), \`proxy_cache_use_stale updating error timeout http_5xx\`,
+  background update, upstream keepalive, cache files on tmpfs. Varnish:
+  its waiting list, \`beresp.ttl = 5s\`, \`beresp.grace = 30s\` for 200s,
+  backend timeouts 2 s, builtin hit-for-miss, \`-s malloc,256m\`, default
+  thread pools. The configurations and the reason for each setting:
+  bench/peers/ and bench/README.md.
+- Scenarios e and f start a new instance of each peer for each rep, so a
+  tripped circuit breaker or a hit-for-miss marker never carries over.
 - Every scenario ran $reps times on fresh keys; latency and throughput
   figures are the medians of the reps, upstream calls are listed per rep.
   Herd latency is per request, from the moment the whole herd had been
   started (all N connections opened in one libcurl multi loop) to its last
   byte, so it includes the client opening the herd on the same cores.
 
-![p99 latency per scenario](daemon-latency.png) ![warm hits per second](daemon-hits.png)
+![p99 latency per scenario and peer](peers-latency.png)
+![warm hits per second per peer](peers-hits.png)
 
 EOF
-py report "$csv_tmp" "$md_tmp" "$tmp/lat.dat" "$tmp/hits.dat"
+read -r lat_cols hit_cols < <(py report "$csv_tmp" "$md_tmp" "$tmp/lat.dat" "$tmp/hits.dat")
 cat >>"$md_tmp" <<'EOF'
 
 ## How to read it
@@ -533,9 +701,18 @@ cat >>"$md_tmp" <<'EOF'
 - a–c: one upstream call per key is the point (DESIGN.md §1 invariant 1);
   p99 close to the upstream's 200 ms means waiters are woken by event, not
   by polling (nginx's cache lock re-checks every 500 ms).
-- d: all answers STALE at once and exactly one background refresh.
-- e: a 500 is shared with the flight's waiters, not stored.
-- f: every waiter gets the flight's 504 when the 2 s upstream timeout fires.
+- d: all answers from the stale copy at once, exactly one background
+  refresh (X-Cache: coalesced STALE; nginx STALE / UPDATING; Varnish STALE).
+- e: coalesced shares the 500 with the flight's waiters and does not store
+  it. nginx and Varnish do not share an answer they may not store: nginx's
+  waiters each call the upstream once its lock timeout has passed; Varnish
+  marks the object hit-for-miss (X-Cache PASS) and lets every waiter
+  through to the upstream.
+- f: every waiter should get an error when the 2 s upstream timeout fires
+  (coalesced and nginx 504, Varnish 503).
+- g: the 5 s ttl runs out during a rep, so each peer makes a background
+  refresh or two per rep. "share of the ceiling" divides by the rate of
+  nginx answering a fixed 1 KiB body from its configuration.
 - h: "RSS growth per entry" is (RSS full - RSS empty) / entries; "cache
   accounting" is the daemon's own cache.bytes / entries. The overhead column
   subtracts the 1 KiB body, the request target (the key) and the response
@@ -545,13 +722,13 @@ cat >>"$md_tmp" <<'EOF'
 ## How to reproduce
 
 ```sh
-make bench                      # = bench/run.sh: Release build in build-bench2/
+make bench                          # = bench/run.sh: Release build in build-bench2/
 REPS=1 WRK_SECONDS=3 bench/run.sh   # a quick look
+PEERS=coalesced bench/run.sh        # coalesced alone
 ```
 EOF
 
 if command -v gnuplot >/dev/null; then
-  ncol=$((${#peers[@]} + 1))
   gnuplot <<EOF || say "bench: gnuplot failed, no plots"
 set terminal pngcairo size 900,480 noenhanced font ",10"
 set style data histograms
@@ -559,25 +736,27 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set key top left autotitle columnhead
 set grid ytics
-set output "$tmp/daemon-latency.png"
-set title "Herd p99 latency (ms, log scale; upstream answers in 200 ms)"
+set output "$tmp/peers-latency.png"
+set title "Herd p99 latency per peer (ms, log scale; the upstream answers in 200 ms)"
 set logscale y
 set yrange [1:*]
-plot for [i=2:$ncol] "$tmp/lat.dat" using i:xtic(1)
+plot for [i=2:$lat_cols] "$tmp/lat.dat" using i:xtic(1)
 unset logscale y
 set yrange [0:*]
-set output "$tmp/daemon-hits.png"
-set title "Warm cache hits: requests per second (wrk -t2 -c64)"
-plot for [i=2:$ncol] "$tmp/hits.dat" using i:xtic(1)
+set output "$tmp/peers-hits.png"
+set title "Warm cache hits per second per peer (wrk -t2 -c64, $(nproc) shared cores)"
+plot for [i=2:$hit_cols] "$tmp/hits.dat" using i:xtic(1)
 EOF
 else
   say "bench: gnuplot not installed: no plots (scripts/deps.sh deps/bench.txt)"
 fi
 
-mv "$csv_tmp" "$out/daemon.csv"
-mv "$md_tmp" "$out/daemon.md"
-for f in daemon-latency.png daemon-hits.png; do
+mv "$csv_tmp" "$out/peers.csv"
+mv "$md_tmp" "$out/peers.md"
+for f in peers-latency.png peers-hits.png; do
   [[ -f $tmp/$f ]] && mv "$tmp/$f" "$out/$f"
 done
-say "bench: done in ${elapsed} s: $out/daemon.md"
-cat "$out/daemon.md"
+# the coalesced-only report this one replaces
+rm -f "$out/daemon.md" "$out/daemon.csv" "$out/daemon-latency.png" "$out/daemon-hits.png"
+say "bench: done in ${elapsed} s: $out/peers.md"
+cat "$out/peers.md"

@@ -1,7 +1,8 @@
 /*
  * admin.c — the admin listener's routing, its JSON documents (stats,
- * health, index) and the reset endpoint's token check; the Prometheus text
- * lives in admin_metrics.c. See admin.h for the endpoints and invariants.
+ * health, flights, index), the dashboard's compiled-in files and the reset
+ * endpoint's token check; the Prometheus text lives in admin_metrics.c.
+ * See admin.h for the endpoints and invariants.
  *
  * Every JSON document is built with jansson, never by hand, so names and
  * strings are always escaped. Figures come from snapshots taken here on the
@@ -14,15 +15,25 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
+#include <unistd.h>
+#include <xxhash.h>
 
 #include "log.h"
 
 #define ADMIN_JSON_FLAGS (JSON_INDENT(2) | JSON_REAL_PRECISION(15))
 #define ADMIN_NO_STORE "Cache-Control: no-store\r\n"
+#define ADMIN_ASSET_HEADERS                                                    \
+  ADMIN_NO_STORE                                                               \
+  "Content-Security-Policy: " ADMIN_DASHBOARD_CSP "\r\n"                       \
+  "X-Content-Type-Options: nosniff\r\n"                                        \
+  "X-Frame-Options: DENY\r\n"                                                  \
+  "Referrer-Policy: no-referrer\r\n"
 
 /* ------------------------------------------------------------- helpers */
 
@@ -89,6 +100,33 @@ static json_t *breaker_json(coalesce_breaker_t *b) {
   return o;
 }
 
+/* The raw buckets, so a client can take quantiles over any window from the
+ * difference of two snapshots: bounds_ms[i] is bucket i's upper bound and
+ * counts has one more entry than bounds_ms, the +Inf bucket (counts are
+ * per bucket, not cumulative). */
+static json_t *histogram_json(const metrics_upstream_t *u) {
+  json_t *o = json_object(), *bounds = json_array(), *counts = json_array();
+  bool ok = o != NULL && bounds != NULL && counts != NULL;
+  for (size_t i = 0; ok && i <= METRIC_LATENCY_BUCKETS; i++) {
+    if (i < METRIC_LATENCY_BUCKETS)
+      ok = json_array_append_new(
+               bounds, json_real(round_to(metrics_latency_bounds[i] * 1000.0,
+                                          1000.0))) == 0;
+    uint64_t c =
+        u != NULL ? metrics_get((_Atomic uint64_t *)&u->latency_bucket[i]) : 0;
+    ok = ok && json_array_append_new(counts, jcount(c)) == 0;
+  }
+  ok = ok && put(o, "bounds_ms", json_incref(bounds)) &&
+       put(o, "counts", json_incref(counts));
+  json_decref(bounds);
+  json_decref(counts);
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
 static json_t *latency_json(const metrics_upstream_t *u) {
   uint64_t n = 0;
   if (u != NULL)
@@ -106,7 +144,8 @@ static json_t *latency_json(const metrics_upstream_t *u) {
     double ms = u != NULL ? admin_latency_quantile(u, qs[i].q) * 1000.0 : 0.0;
     ok = put(o, qs[i].name, json_real(round_to(ms, 1000.0)));
   }
-  ok = ok && put(o, "samples", jcount(n));
+  ok = ok && put(o, "samples", jcount(n)) &&
+       put(o, "histogram", histogram_json(u));
   if (!ok) {
     json_decref(o);
     return NULL;
@@ -157,7 +196,7 @@ static json_t *counts_json(_Atomic uint64_t *counts, int n,
 
 json_t *admin_stats_json(app_t *app) {
   coalesce_stats_t s;
-  coalesce_loader_stats(app->loader, &s); /* derived fields included */
+  app_stats(app, &s); /* derived fields included; batching/fleet folded in */
   http_server_stats_t hs;
   app_http_stats(app, &hs);
 
@@ -201,6 +240,8 @@ json_t *admin_stats_json(app_t *app) {
                       metrics_error_code)) &&
       put(doc, "upstreams", json_incref(ups)) &&
       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
+      put(doc, "uptime_ms",
+          jcount((uint64_t)(admin_uptime_seconds(app) * 1000.0))) &&
       put(doc, "version",
           json_string(app->version ? app->version : "unknown")) &&
       put(doc, "workers", jcount(app->nworkers)) &&
@@ -212,6 +253,99 @@ json_t *admin_stats_json(app_t *app) {
     return NULL;
   }
   return doc;
+}
+
+/* -------------------------------------------------------------- flights */
+
+static uint64_t key_seed;
+static pthread_once_t key_seed_once = PTHREAD_ONCE_INIT;
+
+/* Non-blocking: early at boot the pool may not be ready, and a dashboard
+ * must not hang on it. The fallback is still unknown to a remote viewer. */
+static void key_seed_init(void) {
+  uint64_t seed = 0;
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+    seed = coalesce_clock_now(NULL) ^ ((uint64_t)getpid() << 32) ^
+           (uint64_t)(uintptr_t)&seed;
+  key_seed = seed;
+}
+
+void admin_key_id(uint64_t key_hash, char out[17]) {
+  pthread_once(&key_seed_once, key_seed_init);
+  uint64_t id = XXH3_64bits_withSeed(&key_hash, sizeof key_hash, key_seed);
+  snprintf(out, 17, "%016" PRIx64, id);
+}
+
+json_t *admin_flights_json(app_t *app, size_t limit) {
+  if (limit == 0)
+    limit = ADMIN_FLIGHTS_DEFAULT;
+  if (limit > ADMIN_FLIGHTS_MAX)
+    limit = ADMIN_FLIGHTS_MAX;
+  coalesce_flight_info_t top[ADMIN_FLIGHTS_MAX];
+  size_t n = coalesce_coalescer_top(app->coalescer, top, limit);
+  json_t *doc = json_object(), *list = json_array();
+  bool ok = doc != NULL && list != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    char id[17];
+    admin_key_id(top[i].key_hash, id);
+    json_t *f = json_object();
+    ok = f != NULL && put(f, "key", json_string(id)) &&
+         put(f, "waiters", jcount(top[i].waiters)) &&
+         put(f, "age_ms",
+             json_real(round_to((double)top[i].age_ns / 1e6, 10.0)));
+    if (ok)
+      ok = json_array_append_new(list, f) == 0;
+    else
+      json_decref(f);
+  }
+  ok = ok &&
+       put(doc, "pending_requests",
+           jcount(coalesce_coalescer_pending(app->coalescer))) &&
+       put(doc, "limit", jcount(limit)) &&
+       put(doc, "flights", json_incref(list));
+  json_decref(list);
+  if (!ok) {
+    json_decref(doc);
+    return NULL;
+  }
+  return doc;
+}
+
+/* ?limit=N (1..ADMIN_FLIGHTS_MAX; larger is capped): false when present
+ * but not a number. Other parameters are ignored. */
+static bool parse_limit(const char *q, size_t len, size_t *out) {
+  *out = ADMIN_FLIGHTS_DEFAULT;
+  size_t i = 0;
+  while (i < len) {
+    size_t end = i;
+    while (end < len && q[end] != '&')
+      end++;
+    if (end - i > 6 && memcmp(q + i, "limit=", 6) == 0) {
+      size_t v = 0;
+      for (size_t k = i + 6; k < end; k++) {
+        if (q[k] < '0' || q[k] > '9')
+          return false;
+        if (v < ADMIN_FLIGHTS_MAX)
+          v = v * 10 + (size_t)(q[k] - '0');
+      }
+      if (v == 0)
+        return false;
+      *out = v > ADMIN_FLIGHTS_MAX ? ADMIN_FLIGHTS_MAX : v;
+    } else if (end - i == 6 && memcmp(q + i, "limit=", 6) == 0) {
+      return false;
+    }
+    i = end + 1;
+  }
+  return true;
+}
+
+/* ------------------------------------------------------------ dashboard */
+
+const admin_asset_t *admin_asset_find(const char *path, size_t len) {
+  for (const admin_asset_t *a = admin_assets; a->path != NULL; a++)
+    if (strlen(a->path) == len && memcmp(a->path, path, len) == 0)
+      return a;
+  return NULL;
 }
 
 /* --------------------------------------------------------------- health */
@@ -330,19 +464,31 @@ static void send_error(http_conn_t *conn, int status, const char *code,
 }
 
 static json_t *index_json(app_t *app) {
-  return json_pack(
-      "{s:s, s:s, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}, {s:s, s:s, s:s},"
-      " {s:s, s:s, s:s}]}",
-      "service", "coalesced", "version",
-      app->version ? app->version : "unknown", "endpoints", "method", "GET",
-      "path", ADMIN_PATH_STATS, "description",
-      "deduplication, cache and upstream figures", "method", "GET", "path",
-      ADMIN_PATH_HEALTH, "description",
-      "healthy / degraded (200) or unhealthy (503)", "method", "POST", "path",
-      ADMIN_PATH_RESET, "description",
-      "reset the counters (not the cache); admin token when configured",
-      "method", "GET", "path", ADMIN_PATH_METRICS, "description",
-      "Prometheus text exposition");
+  static const struct {
+    const char *method, *path, *description;
+  } eps[] = {
+      {"GET", ADMIN_PATH_STATS, "deduplication, cache and upstream figures"},
+      {"GET", ADMIN_PATH_HEALTH, "healthy / degraded (200) or unhealthy (503)"},
+      {"GET", ADMIN_PATH_FLIGHTS,
+       "keys in flight with the most waiters (?limit=N), keys hashed"},
+      {"POST", ADMIN_PATH_RESET,
+       "reset the counters (not the cache); admin token when configured"},
+      {"GET", ADMIN_PATH_METRICS, "Prometheus text exposition"},
+      {"GET", ADMIN_PATH_DASHBOARD, "live dashboard (HTML)"},
+  };
+  json_t *list = json_array();
+  bool ok = list != NULL;
+  for (size_t i = 0; ok && i < sizeof eps / sizeof eps[0]; i++)
+    ok = json_array_append_new(
+             list, json_pack("{s:s, s:s, s:s}", "method", eps[i].method, "path",
+                             eps[i].path, "description",
+                             eps[i].description)) == 0;
+  if (!ok) {
+    json_decref(list);
+    return NULL;
+  }
+  return json_pack("{s:s, s:s, s:o}", "service", "coalesced", "version",
+                   app->version ? app->version : "unknown", "endpoints", list);
 }
 
 static void serve_metrics(app_t *app, http_conn_t *conn) {
@@ -380,16 +526,30 @@ static bool path_is(const http_request_t *req, const char *path) {
   return req->path_len == n && memcmp(req->path, path, n) == 0;
 }
 
+static void serve_flights(app_t *app, http_conn_t *conn,
+                          const http_request_t *req) {
+  size_t limit;
+  if (!parse_limit(req->query, req->query_len, &limit)) {
+    send_error(conn, 400, "bad_request",
+               "limit must be a whole number from 1 to 100", NULL);
+    return;
+  }
+  send_json(conn, 200, admin_flights_json(app, limit), NULL);
+}
+
 void admin_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   app_t *app = ud;
   if (path_is(req, ADMIN_PATH_RESET)) {
     serve_reset(app, conn, req);
     return;
   }
+  const admin_asset_t *asset = admin_asset_find(req->path, req->path_len);
   int which = path_is(req, ADMIN_PATH_STATS)     ? 1
               : path_is(req, ADMIN_PATH_HEALTH)  ? 2
               : path_is(req, ADMIN_PATH_METRICS) ? 3
               : path_is(req, "/")                ? 4
+              : path_is(req, ADMIN_PATH_FLIGHTS) ? 5
+              : asset != NULL                    ? 6
                                                  : 0;
   if (which == 0) {
     send_error(conn, 404, "not_found", "no such admin endpoint", NULL);
@@ -412,6 +572,13 @@ void admin_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   }
   case 3:
     serve_metrics(app, conn);
+    break;
+  case 5:
+    serve_flights(app, conn, req);
+    break;
+  case 6:
+    http_conn_send_simple(conn, 200, asset->content_type, ADMIN_ASSET_HEADERS,
+                          asset->data, asset->len, false);
     break;
   default:
     send_json(conn, 200, index_json(app), NULL);

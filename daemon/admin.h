@@ -7,7 +7,13 @@
  *   GET  /api/v1/shared/deduplication/stats        JSON figures
  *   GET  /api/v1/shared/deduplication/health       JSON, 200 or 503
  *   POST /api/v1/shared/deduplication/stats/reset  counters to zero (token)
+ *   GET  /api/v1/shared/deduplication/flights      hottest keys in flight
  *   GET  /metrics                                  Prometheus text 0.0.4
+ *   GET  /dashboard (+ /dashboard.js, .css, .svg)  the live dashboard
+ *
+ * The dashboard's files are compiled in (daemon/dashboard/, embedded by
+ * embed.cmake into admin_assets.c) and served with a strict
+ * Content-Security-Policy: the page runs only its own script and style.
  *
  * Invariants:
  *   - Read-only except the reset: every figure is read from the shared
@@ -15,7 +21,10 @@
  *     atomics, app_http_stats); the admin thread never takes a lock a
  *     worker holds on its hot path for longer than a snapshot.
  *   - No secret is ever written out: no header values, no admin token, no
- *     Redis URL or password — only names, states and counts.
+ *     Redis URL or password — only names, states and counts. Cache keys
+ *     (which hold identity headers) never leave: a flight is named by a
+ *     hash of its key hash keyed with a per-process random seed, so the
+ *     name cannot be used to test guesses of a key.
  *   - The builders below are pure functions of the app's state, so tests
  *     call them without a server; admin_on_request only routes and sends.
  */
@@ -25,6 +34,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "app.h"
 #include "http_server.h"
@@ -34,6 +44,35 @@
 #define ADMIN_PATH_HEALTH "/api/v1/shared/deduplication/health"
 #define ADMIN_PATH_RESET "/api/v1/shared/deduplication/stats/reset"
 #define ADMIN_PATH_METRICS "/metrics"
+#define ADMIN_PATH_FLIGHTS "/api/v1/shared/deduplication/flights"
+#define ADMIN_PATH_DASHBOARD "/dashboard"
+
+#define ADMIN_FLIGHTS_DEFAULT 10 /* flights listed without ?limit= */
+#define ADMIN_FLIGHTS_MAX 100    /* largest ?limit= accepted */
+
+/* Headers of every dashboard file: never cached, never framed, never
+ * sniffed, and a policy that allows only the page's own files and its
+ * calls back to this listener (so no inline script or style runs). */
+#define ADMIN_DASHBOARD_CSP                                                    \
+  "default-src 'self'; script-src 'self'; style-src 'self'; "                  \
+  "img-src 'self'; connect-src 'self'; object-src 'none'; "                    \
+  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+/* One compiled-in file of the dashboard. admin_assets[] (generated into
+ * the build directory by daemon/dashboard/embed.cmake) ends with an entry
+ * whose path is NULL. data has a NUL after its len bytes. */
+typedef struct admin_asset {
+  const char *path; /* "/dashboard", "/dashboard.js", ... */
+  const char *content_type;
+  const unsigned char *data;
+  size_t len;
+} admin_asset_t;
+
+extern const admin_asset_t admin_assets[];
+
+/* The asset served at path (len bytes, need not be NUL-terminated), or
+ * NULL. */
+const admin_asset_t *admin_asset_find(const char *path, size_t len);
 
 /* The admin server's on_request (ud is the app_t *). Runs on the admin
  * loop; answers synchronously, so it always finishes the request. */
@@ -45,6 +84,18 @@ json_t *admin_stats_json(app_t *app);
 /* The health document; *http_status gets 200 (healthy, degraded) or 503
  * (unhealthy). NULL on allocation failure. */
 json_t *admin_health_json(app_t *app, int *http_status);
+
+/* The flights document: {"pending_requests": N, "limit": L, "flights":
+ * [{"key": ID, "waiters": W, "age_ms": A}, ...]} with the `limit` flights
+ * that have the most waiters (coalesce_coalescer_top). ID is
+ * admin_key_id of the key's hash. NULL on allocation failure. */
+json_t *admin_flights_json(app_t *app, size_t limit);
+
+/* A flight's public name: 16 lowercase hex digits of the key hash hashed
+ * again with a seed drawn at random once per process (stable for the
+ * process's life, meaningless outside it). out gets a NUL-terminated
+ * string. Any thread. */
+void admin_key_id(uint64_t key_hash, char out[17]);
 
 /* The Prometheus text exposition (format 0.0.4), NUL-terminated, malloc'd;
  * *len gets its length. NULL on allocation failure. */

@@ -302,7 +302,7 @@ char *admin_metrics_text(app_t *app, size_t *len) {
   t.p[0] = '\0';
 
   coalesce_stats_t s;
-  coalesce_loader_stats(app->loader, &s);
+  app_stats(app, &s);
   http_server_stats_t hs;
   app_http_stats(app, &hs);
   size_t n = atomic_load_explicit(&app->nupstreams, memory_order_acquire);

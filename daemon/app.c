@@ -8,7 +8,10 @@
 
 #include "http_server.h"
 #include "log.h"
+#include "batch.h"
+#include "fleet.h"
 #include "proxy.h"
+#include "quota.h"
 #include "worker.h"
 
 app_upstream_t *app_upstream(app_t *app, const char *name) {
@@ -54,15 +57,35 @@ static int add_upstreams(app_t *app, const config_t *cfg, char *err,
                coalesce_strerror(rc));
       return -1;
     }
+    quota_opts_t qo;
+    quota_opts_init(&qo);
+    if (u->rate_limit != NULL)
+      (void)quota_parse_rate(u->rate_limit, &qo.rate_per_sec);
+    qo.burst = u->rate_burst;
+    if (u->quota != NULL)
+      (void)quota_parse_period(u->quota, &qo.period_max, &qo.period_ms);
+    if (u->quota_low_fraction > 0)
+      qo.low_fraction = u->quota_low_fraction;
+    e->quota = quota_new(&qo);
     e->name = strdup(u->name);
     e->metric = metrics_upstream_index(app->metrics, u->name);
-    if (e->name == NULL || e->metric < 0) {
+    if (e->name == NULL || e->metric < 0 || e->quota == NULL) {
       snprintf(err, errlen, "out of memory");
       return -1;
     }
     atomic_store_explicit(&app->nupstreams, n + 1, memory_order_release);
   }
   return 0;
+}
+
+/* Every batch call feeds the same upstream metrics as a single call. */
+static void on_batch_call(void *ud, const config_upstream_t *up, int status,
+                          int err, uint64_t total_time_us, size_t nids) {
+  (void)nids;
+  app_t *app = ud;
+  app_upstream_t *aup = app_upstream(app, up->name);
+  metrics_upstream_call(app->metrics, aup ? aup->metric : -1, status, err,
+                        total_time_us);
 }
 
 int app_init(app_t *app, config_t *cfg, const char *version, char *err,
@@ -76,6 +99,19 @@ int app_init(app_t *app, config_t *cfg, const char *version, char *err,
   if (app->metrics == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;
+  }
+  batcher_opts_t bo = {.on_call = on_batch_call, .ud = app};
+  app->batcher = batcher_new(&bo);
+  if (app->batcher == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  if (cfg->redis.url != NULL) {
+    app->fleet = fleet_new(&cfg->redis, FLEET_DEFAULT_MAX_VALUE);
+    if (app->fleet == NULL) {
+      snprintf(err, errlen, "redis: cannot set up fleet mode");
+      return -1;
+    }
   }
   coalesce_cache_opts_t co;
   coalesce_cache_opts_init(&co);
@@ -139,9 +175,12 @@ void app_destroy(app_t *app) {
   size_t n = atomic_load(&app->nupstreams);
   for (size_t i = 0; i < n; i++) {
     coalesce_breaker_free(app->upstreams[i].breaker);
+    quota_free(app->upstreams[i].quota);
     free(app->upstreams[i].name);
   }
   metrics_free(app->metrics);
+  batcher_free(app->batcher);
+  fleet_free(app->fleet);
   for (size_t i = 0; i < app->nretired; i++)
     config_free(app->retired[i]);
   free(app->retired);
@@ -153,6 +192,32 @@ void app_stats_reset(app_t *app) {
   coalesce_loader_stats_reset(app->loader);
   coalesce_coalescer_stats_reset(app->coalescer);
   metrics_reset(app->metrics);
+  batcher_stats_reset(app->batcher);
+  fleet_stats_reset(app->fleet);
+  size_t n = atomic_load(&app->nupstreams);
+  for (size_t i = 0; i < n; i++)
+    quota_reset_stats(app->upstreams[i].quota);
+}
+
+void app_stats(app_t *app, coalesce_stats_t *s) {
+  coalesce_loader_stats(app->loader, s);
+  /* A batch answers many ids with one call: the loader counted a fetch per
+   * id, the upstream saw one call per batch. */
+  batch_stats_t b;
+  batcher_stats(app->batcher, &b);
+  uint64_t saved = b.calls_saved;
+  /* fleet mode: an answer read from Redis made no upstream call either */
+  fleet_stats_t fs;
+  fleet_stats(app->fleet, &fs);
+  saved += fs.l2_hits;
+  if (saved > s->api_calls_made)
+    saved = s->api_calls_made;
+  s->api_calls_made -= saved;
+  s->api_calls_saved += saved;
+  s->hit_rate_percent =
+      s->total_requests == 0
+          ? 0.0
+          : 100.0 * (double)s->api_calls_saved / (double)s->total_requests;
 }
 
 void app_http_stats(app_t *app, struct http_server_stats *out) {

@@ -30,7 +30,9 @@
 typedef struct app_upstream {
   char *name;
   coalesce_breaker_t *breaker;
-  int metric; /* index in metrics_t.upstreams */
+  struct quota *quota; /* local budget + the upstream's own figures */
+  int metric;          /* index in metrics_t.upstreams */
+  _Atomic uint64_t quota_wait_s; /* last budget refusal's Retry-After */
 } app_upstream_t;
 
 struct worker;
@@ -45,6 +47,8 @@ typedef struct app {
   app_upstream_t upstreams[APP_MAX_UPSTREAMS];
   _Atomic size_t nupstreams;
   metrics_t *metrics;
+  struct batcher *batcher; /* request batching (routes with batch_param) */
+  struct fleet *fleet;     /* fleet mode (--redis); NULL when off */
   struct worker **workers;
   unsigned nworkers;
   struct http_server *admin_server;
@@ -52,6 +56,10 @@ typedef struct app {
   uint64_t started_ns; /* monotonic */
   time_t started_wall;
   _Atomic uint64_t reloads;
+  /* Set once the first Vary record / URI invalidation is stored: until
+   * then the hit path skips looking for them (two cache lookups saved). */
+  _Atomic bool seen_vary;
+  _Atomic bool seen_invalidation;
   _Atomic bool draining; /* SIGTERM received */
 } app_t;
 
@@ -75,6 +83,10 @@ void app_destroy(app_t *app);
 /* Resets the counters (POST /stats/reset): loader, coalescer, metrics. The
  * cache and breakers keep their state. */
 void app_stats_reset(app_t *app);
+
+/* The figures of DESIGN.md §3: the loader's, with the upstream calls that
+ * request batching saved moved from made to saved. */
+void app_stats(app_t *app, coalesce_stats_t *s);
 
 /* Sums every worker's HTTP server counters. */
 struct http_server_stats;

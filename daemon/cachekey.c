@@ -216,6 +216,11 @@ static void put_bytes(cachekey_t *k, const void *p, size_t n) {
   k->len += n;
 }
 
+void cachekey_copy(cachekey_t *k, const void *data, size_t len) {
+  cachekey_reset(k);
+  put_bytes(k, data, len);
+}
+
 void cachekey_add(cachekey_t *k, const char *field, size_t len) {
   uint32_t n = (uint32_t)len;
   put_bytes(k, &n, sizeof n);

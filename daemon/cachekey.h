@@ -48,6 +48,8 @@ typedef struct cachekey {
 void cachekey_init(cachekey_t *k);
 void cachekey_free(cachekey_t *k);
 void cachekey_reset(cachekey_t *k);
+/* Replaces the key with a raw copy of `len` bytes (another key). */
+void cachekey_copy(cachekey_t *k, const void *data, size_t len);
 /* Appends one field (length-prefixed so fields can never run together). */
 void cachekey_add(cachekey_t *k, const char *field, size_t len);
 

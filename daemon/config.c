@@ -20,6 +20,8 @@
  * truncated value.
  */
 #include "config.h"
+#include "quota.h"
+#include "batch_split.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -49,6 +51,8 @@ typedef enum ktype {
   T_RATE,     /* double in (0, 1] */
   T_BOOL,
   T_STRING,   /* char *, printable, no spaces */
+  T_QRATE,    /* char *, a call rate ("10/s"), checked by quota_parse_rate */
+  T_QPERIOD,  /* char *, a period cap ("10000/day"), quota_parse_period */
   T_SECRET,   /* char *, ${VAR} expanded, printed redacted */
   T_PATH,     /* char *, a readable file */
   T_ADDR,     /* config_addr_t */
@@ -141,6 +145,10 @@ static const keydef_t upstream_keys[] = {
     {"timeout", T_DURATION, UPS(timeout_ms), 1, MS_H, 0, NULL},
     {"max_connections", T_UINT, UPS(max_connections), 1, 100000, 0, "64"},
     {"header", T_HEADER, 0, 0, 0, KF_REPEAT, NULL},
+    {"rate_limit", T_QRATE, UPS(rate_limit), 0, 0, 0, NULL},
+    {"rate_burst", T_UINT, UPS(rate_burst), 0, 1000000, 0, NULL},
+    {"quota", T_QPERIOD, UPS(quota), 0, 0, 0, NULL},
+    {"quota_low_fraction", T_RATE, UPS(quota_low_fraction), 0, 0, 0, "0.1"},
 };
 
 /* Defaults here are those of cfg->defaults; a route inherits every
@@ -166,6 +174,7 @@ static const keydef_t route_keys[] = {
     {"batch_window", T_DURATION, RTE(batch_window_ms), 0, 10 * MS_S, 0, NULL},
     {"batch_id_path", T_STRING, RTE(batch_id_path), 0, 0, 0, NULL},
     {"batch_item_wrap", T_STRING, RTE(batch_item_wrap), 0, 0, 0, NULL},
+    {"batch_join", T_STRING, RTE(batch_join), 0, 0, 0, NULL},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
@@ -953,6 +962,33 @@ static int set_value(const keydef_t *k, void *base, const char *value,
       return -1;
     }
     return 0;
+  case T_QRATE: {
+    double r;
+    if (quota_parse_rate(value, &r) != 0) {
+      fmt(msg, msglen,
+          "invalid rate \"%s\" (calls per time: 10/s, 600/m, 5000/h)", value);
+      return -1;
+    }
+    if (!set_str(FIELD(base, k, char *), value)) {
+      fmt(msg, msglen, "out of memory");
+      return -1;
+    }
+    return 0;
+  }
+  case T_QPERIOD: {
+    uint64_t max, period;
+    if (quota_parse_period(value, &max, &period) != 0) {
+      fmt(msg, msglen,
+          "invalid quota \"%s\" (calls per period: 10000/day, 500/h)",
+          value);
+      return -1;
+    }
+    if (!set_str(FIELD(base, k, char *), value)) {
+      fmt(msg, msglen, "out of memory");
+      return -1;
+    }
+    return 0;
+  }
   case T_STRING:
     for (const char *c = value; *c; c++) {
       if ((unsigned char)*c <= ' ' || *c == 0x7f) {
@@ -1098,6 +1134,8 @@ static bool copy_value(const keydef_t *k, void *dst, const void *src) {
 
 static void free_value(const keydef_t *k, void *base) {
   switch (k->type) {
+  case T_QRATE:
+  case T_QPERIOD:
   case T_STRING:
   case T_SECRET:
   case T_PATH:
@@ -1798,7 +1836,8 @@ static int finalize_route(config_t *cfg, config_route_t *r, char *err,
     r->upstream_timeout_ms = cfg->upstreams[r->upstream].timeout_ms;
 
   static const char *const batch_keys[] = {"batch_max", "batch_window",
-                                           "batch_id_path", "batch_item_wrap"};
+                                           "batch_id_path", "batch_item_wrap",
+                                           "batch_join"};
   for (size_t i = 0; i < NKEYS(batch_keys) && r->batch_param == NULL; i++) {
     if (key_set(r->explicit_keys, route_keys, route_key(batch_keys[i]))) {
       fmt(err, errlen, "%s[route %s] %s: needs batch_param",
@@ -1811,6 +1850,13 @@ static int finalize_route(config_t *cfg, config_route_t *r, char *err,
       r->batch_max = 100;
     if (!key_set(r->explicit_keys, route_keys, route_key("batch_window")))
       r->batch_window_ms = 2;
+    char why[200];
+    if (batch_split_check(r->batch_id_path, r->batch_item_wrap, r->batch_join,
+                          why, sizeof why) != 0) {
+      fmt(err, errlen, "%s[route %s] batch: %s",
+          where(cfg, r->line, loc, sizeof loc), r->prefix, why);
+      return -1;
+    }
   }
   return 0;
 }
@@ -1944,6 +1990,8 @@ static void print_value(FILE *out, const keydef_t *k, const void *base,
     fprintf(out, "%s%s = %s\n", prefix, k->name,
             *CFIELD(base, k, bool) ? "true" : "false");
     break;
+  case T_QRATE:
+  case T_QPERIOD:
   case T_STRING:
   case T_PATH:
     if (*CFIELD(base, k, char *) != NULL)
@@ -2111,7 +2159,7 @@ void config_usage(FILE *out) {
       "      --redis URL           fleet mode: "
       "redis://[:PASS@]HOST[:PORT][/DB]\n"
       "      --log-level LEVEL     error, warn, info, debug (info)\n"
-      "      --check-config        validate, print the effective config, exit\n"
+      "      --check-config [FILE] validate, print the effective config, exit\n"
       "  -h, --help                this text;  -V, --version\n"
       "DUR: 250ms, 5s, 2m, 1h, 1m30s.  SIZE (file): 65536, 64KiB, 256MiB, "
       "1GiB.\n"
@@ -2154,6 +2202,11 @@ static int scan_args(int argc, char *const argv[], flag_use_t *uses,
         else
           value = arg + 2;
       }
+    } else if (*nuses > 0 &&
+               strcmp(uses[*nuses - 1].flag->name, "check-config") == 0) {
+      /* `--check-config FILE` is short for `--config FILE --check-config` */
+      f = find_flag("config", 6, 0);
+      value = arg;
     } else {
       fmt(err, errlen, "unexpected argument \"%s\" (see --help)", arg);
       return -1;

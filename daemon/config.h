@@ -117,6 +117,14 @@ typedef struct config_upstream {
   config_header_t *headers;    /* injected, in order */
   size_t nheaders;
   config_breaker_t breaker; /* [breaker] overridden by breaker_* keys */
+  /* Local budget (issue 10; off by default): rate_limit "10/s" with
+   * rate_burst calls of burst, quota "10000/day"; /health reports degraded
+   * when the upstream's own remaining budget falls below
+   * quota_low_fraction of its limit. */
+  char *rate_limit;
+  unsigned rate_burst;
+  char *quota;
+  double quota_low_fraction;
   unsigned line;            /* section line in the file; 0 from a flag */
   uint64_t explicit_keys;   /* bookkeeping: keys set (bit = key index) */
 } config_upstream_t;
@@ -148,6 +156,8 @@ typedef struct config_route {
   uint64_t batch_window_ms;
   char *batch_id_path;    /* where each item's id lives in the JSON answer */
   char *batch_item_wrap;  /* how a single item's response is wrapped */
+  char *batch_join;      /* "repeat" (id=1&id=2, the default) or a
+                            separator (ids=1,2) */
   unsigned line;          /* section line in the file; 0 if implicit */
   unsigned upstream_line; /* line of its `upstream =` key */
   uint64_t explicit_keys; /* bookkeeping: keys set (bit = key index) */

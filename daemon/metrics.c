@@ -17,7 +17,7 @@ const double metrics_latency_bounds[METRIC_LATENCY_BUCKETS] = {
 
 static const char *const error_codes[METRIC_ERR_COUNT] = {
     "upstream_error", "upstream_timeout", "wait_timeout", "circuit_open",
-    "overloaded",     "bad_request",      "no_route"};
+    "overloaded",     "bad_request",      "no_route",     "quota_exhausted"};
 
 static const char *const source_names[METRIC_SRC_COUNT] = {
     "HIT",    "STALE",  "MISS", "COALESCED", "STALE-IF-ERROR",

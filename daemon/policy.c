@@ -148,10 +148,14 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
                                                        : (int64_t)resp->upstream_age;
   d->ttl.age_ns = s2ns(age);
   int64_t remaining = lifetime - age;
-  d->ttl.fresh_ns = cc.no_cache ? 0 : s2ns(remaining);
+  d->ttl.fresh_ns = s2ns(remaining);
   if (!explicit_)
     d->ttl.fresh_ns = route->ttl_ns;
-  bool never_stale = cc.must_revalidate || cc.proxy_revalidate || cc.no_cache;
+  if (cc.no_cache)
+    d->ttl.fresh_ns = 0; /* stored, but validated before every reuse */
+  /* s-maxage implies proxy-revalidate for a shared cache (§5.2.2.10) */
+  bool never_stale = cc.must_revalidate || cc.proxy_revalidate ||
+                     cc.no_cache || cc.s_maxage != CC_ABSENT;
   d->ttl.swr_ns = never_stale ? 0
                   : cc.stale_while_revalidate != CC_ABSENT
                       ? s2ns(cc.stale_while_revalidate)
@@ -188,4 +192,5 @@ void policy_request(const ccontrol_t *req, uint64_t now_ns, policy_request_t *ou
   if (req->min_fresh > 0)
     out->min_fresh_ns = s2ns(req->min_fresh);
   out->only_if_cached = req->only_if_cached;
+  out->no_store = req->no_store;
 }

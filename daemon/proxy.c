@@ -29,10 +29,13 @@
 #include <strings.h>
 
 #include "app.h"
+#include "batch.h"
 #include "cachecontrol.h"
 #include "cachekey.h"
+#include "fleet.h"
 #include "log.h"
 #include "policy.h"
+#include "quota.h"
 #include "response.h"
 #include "upstream.h"
 #include "worker.h"
@@ -54,6 +57,10 @@ typedef struct preq {
   size_t target_len;
   bool head;
   bool vary_keyed;
+  char *batch_base; /* a batch route's single-id request: target less id */
+  size_t batch_base_len;
+  const char *batch_id; /* points into target */
+  size_t batch_id_len;
   int attempts;
   bool solo;
   coalesce_load_t *load;
@@ -81,13 +88,20 @@ typedef struct fetchctx {
   bool vary_keyed;
   char *url;
   cachekey_t primary; /* for a response with Vary */
-  /* the leader's request headers, copied: Vary may name any of them */
-  hdr_t *hdrs;
+  /* the leader's request headers, copied: Vary may name any of them, and
+   * a fleet wait outlives the request */
+  http_header_t *hdrs;
   size_t nhdrs;
   char *hdr_mem;
+  const config_upstream_t *up;
+  struct fleet_lease *lease; /* fleet mode: we hold the key's lease */
 } fetchctx_t;
 
 static void preq_start_cacheable(preq_t *p);
+static void call_upstream(fetchctx_t *fx);
+static void on_fleet(void *ud, const fleet_result_t *res);
+static void fail_fetch(fetchctx_t *fx, int err, unsigned flags,
+                       const char *msg);
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -101,6 +115,7 @@ static void preq_free_now(uv_handle_t *h) {
   preq_t *p = h->data;
   cachekey_free(&p->key);
   free(p->target);
+  free(p->batch_base);
   free(p);
 }
 
@@ -119,6 +134,7 @@ static void preq_free(preq_t *p) {
   }
   cachekey_free(&p->key);
   free(p->target);
+  free(p->batch_base);
   free(p);
 }
 
@@ -177,6 +193,12 @@ static void send_load_error(preq_t *p, int err, coalesce_value_t *msgval,
   case COALESCE_EOVERLOADED:
   case COALESCE_ENOMEM:
     send_error(p, 503, METRIC_ERR_OVERLOADED, coalesce_strerror(err), xc, 1);
+    break;
+  case COALESCE_EQUOTA:
+    send_error(p, 429, METRIC_ERR_QUOTA,
+               "the local budget for this upstream is spent and no stale "
+               "copy exists",
+               xc, p->aup ? atomic_load(&p->aup->quota_wait_s) : 1);
     break;
   default:
     send_error(p, 502, METRIC_ERR_UPSTREAM_ERROR,
@@ -306,6 +328,9 @@ static void respond(preq_t *p, coalesce_load_result_t *res) {
     coalesce_value_release(msg);
     return;
   }
+  if (res->source == COALESCE_SRC_STALE_IF_ERROR &&
+      res->fallback_err == COALESCE_EQUOTA)
+    res->source = COALESCE_SRC_STALE; /* budget spent: plain stale (issue 10) */
   const response_t *r = response_of(res->value);
   uint64_t age = res->source == COALESCE_SRC_MISS ||
                          res->source == COALESCE_SRC_COALESCED ||
@@ -396,6 +421,8 @@ static void build_key(preq_t *p) {
                  (const char *const *)rt->identity_headers,
                  rt->nidentity_headers, req_header, (void *)p->req);
   p->vary_keyed = false;
+  if (!atomic_load_explicit(&p->app->seen_vary, memory_order_relaxed))
+    return;
   /* Has this URL answered with Vary before? Then key on those headers. */
   cachekey_t rk;
   cachekey_init(&rk);
@@ -425,6 +452,8 @@ static void uri_key(cachekey_t *k, unsigned upstream, const char *target,
 
 /* Clock reading of the URI's last invalidation, or 0. */
 static uint64_t invalidated_at(preq_t *p) {
+  if (!atomic_load_explicit(&p->app->seen_invalidation, memory_order_relaxed))
+    return 0;
   cachekey_t k;
   cachekey_init(&k);
   uri_key(&k, (unsigned)p->route->upstream, p->target, p->target_len);
@@ -450,6 +479,7 @@ static void invalidate_target(app_t *app, const config_route_t *rt,
   coalesce_ttl_t ttl = {.fresh_ns = 86400 * COALESCE_NS_PER_SEC +
                                     ms2ns(rt->ttl_ms + rt->stale_ms +
                                           rt->stale_if_error_ms)};
+  atomic_store(&app->seen_invalidation, true); /* before the record exists */
   if (v != NULL && !k.oom)
     (void)coalesce_cache_put(app->cache, k.data, k.len, v, &ttl);
   coalesce_value_release(v);
@@ -527,6 +557,8 @@ static void request_limits(preq_t *p, coalesce_load_opts_t *o,
   o->max_stale_ns = pr.max_stale_ns;
   o->min_fresh_ns = pr.min_fresh_ns;
   *only_if_cached = pr.only_if_cached;
+  if (pr.no_store)
+    o->flags |= COALESCE_LOAD_NO_STORE;
 }
 
 /* only-if-cached: a stored response this request accepts, or 504 — the
@@ -576,7 +608,8 @@ static void preq_start_cacheable(preq_t *p) {
   o.ttl.fresh_ns = ms2ns(rt->ttl_ms);
   o.ttl.swr_ns = ms2ns(rt->stale_ms);
   o.ttl.sie_ns = ms2ns(rt->stale_if_error_ms);
-  o.breaker = p->aup ? p->aup->breaker : NULL;
+  /* a batch call asks the breaker itself, once per call, not per id */
+  o.breaker = p->aup != NULL && p->batch_id == NULL ? p->aup->breaker : NULL;
   o.fetch_ctx = p;
   o.flags = p->solo ? COALESCE_LOAD_SOLO : 0;
   bool only_if_cached;
@@ -599,7 +632,10 @@ static void preq_start_cacheable(preq_t *p) {
       p->timer.data = p;
       p->timer_on = true;
     }
-    uv_timer_start(&p->timer, on_wait_timeout, rt->max_wait_ms, 0);
+    /* max_wait is a follower's own limit (DESIGN.md §1.4); the leader's
+     * wait is bounded by the upstream timeout, which ends its flight. */
+    if (coalesce_load_source(p->load) != COALESCE_SRC_MISS)
+      uv_timer_start(&p->timer, on_wait_timeout, rt->max_wait_ms, 0);
     return;
   }
   if (rc < 0) {
@@ -629,12 +665,12 @@ static bool shared_call_drops(const char *n, size_t len) {
 
 /* Hop-by-hop in this request: fixed names, or listed by any of its
  * Connection field lines. */
-static bool req_hop_by_hop(const http_request_t *req, const char *n,
+static bool req_hop_by_hop(const http_header_t *hs, size_t nh, const char *n,
                            size_t len) {
   if (response_is_hop_by_hop(n, len, NULL, 0))
     return true;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    const http_header_t *h = &req->headers[i];
+  for (size_t i = 0; i < nh; i++) {
+    const http_header_t *h = &hs[i];
     if (name_is(h->name, h->name_len, "connection") &&
         response_is_hop_by_hop(n, len, h->value, h->value_len))
       return true;
@@ -650,6 +686,8 @@ static bool injected(const config_upstream_t *up, const char *n, size_t len) {
 }
 
 static void fetchctx_free(fetchctx_t *fx) {
+  if (fx->lease != NULL)
+    fleet_abandon(fx->lease); /* every path gives the lease back once */
   coalesce_value_release(fx->stale);
   cachekey_free(&fx->primary);
   free(fx->url);
@@ -696,26 +734,24 @@ static int copy_headers(fetchctx_t *fx, const http_request_t *req) {
   return 0;
 }
 
-/* Builds and sends the upstream request for p. `shared`: a flight's call
- * (conditionals of our own from `stale`); else a pass-through. */
-static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
-                         upstream_done_fn done) {
-  const config_upstream_t *up = p->up;
-  const http_request_t *req = p->req;
-  size_t ulen = strlen(up->url) + p->target_len + 1;
-  fx->url = malloc(ulen);
-  if (fx->url == NULL)
-    return UPSTREAM_ENOMEM;
-  snprintf(fx->url, ulen, "%s%.*s", up->url, (int)p->target_len, p->target);
-
-  size_t cap = req->nheaders + up->nheaders + 2;
+/* The header list of p's upstream call: the client's fields less
+ * hop-by-hop, Host, framing and injected names (and, for a shared call, its
+ * validators and Accept-Encoding), then the injected fields, then our own
+ * validators from `stale`. Returns a calloc'd array (strings point into the
+ * request and config) and its length in *n; NULL on allocation failure. */
+static upstream_header_t *upstream_headers(const config_upstream_t *up,
+                                           const http_header_t *hs, size_t nh,
+                                           bool shared,
+                                           const coalesce_value_t *stale,
+                                           size_t *n_out) {
+  size_t cap = nh + up->nheaders + 2;
   upstream_header_t *h = calloc(cap, sizeof *h);
   if (h == NULL)
-    return UPSTREAM_ENOMEM;
+    return NULL;
   size_t n = 0;
-  for (size_t i = 0; i < req->nheaders; i++) {
-    const http_header_t *rh = &req->headers[i];
-    if (req_hop_by_hop(req, rh->name, rh->name_len) ||
+  for (size_t i = 0; i < nh; i++) {
+    const http_header_t *rh = &hs[i];
+    if (req_hop_by_hop(hs, nh, rh->name, rh->name_len) ||
         name_is(rh->name, rh->name_len, "host") ||
         name_is(rh->name, rh->name_len, "content-length") ||
         name_is(rh->name, rh->name_len, "expect") ||
@@ -730,8 +766,8 @@ static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
                                  strlen(up->headers[i].name),
                                  up->headers[i].value,
                                  strlen(up->headers[i].value)};
-  if (shared && fx->stale != NULL) {
-    const response_t *s = response_of(fx->stale);
+  if (shared && stale != NULL) {
+    const response_t *s = response_of(stale);
     size_t vl;
     const char *v;
     if ((v = response_header(s, "etag", &vl)) != NULL)
@@ -739,24 +775,74 @@ static int send_upstream(fetchctx_t *fx, preq_t *p, bool shared,
     else if ((v = response_header(s, "last-modified", &vl)) != NULL)
       h[n++] = (upstream_header_t){"If-Modified-Since", 17, v, vl};
   }
+  *n_out = n;
+  return h;
+}
+
+static int set_url(fetchctx_t *fx, const char *target, size_t len) {
+  size_t ulen = strlen(fx->up->url) + len + 1;
+  fx->url = malloc(ulen);
+  if (fx->url == NULL)
+    return UPSTREAM_ENOMEM;
+  snprintf(fx->url, ulen, "%s%.*s", fx->up->url, (int)len, target);
+  return 0;
+}
+
+/* Sends an upstream call built from fx (url set) and the given headers:
+ * a flight's shared GET (body NULL) or a pass-through. */
+static int send_call(fetchctx_t *fx, const char *method,
+                     const http_header_t *hs, size_t nh, bool shared,
+                     const char *body, size_t body_len,
+                     upstream_done_fn done) {
+  const config_upstream_t *up = fx->up;
+  size_t n = 0;
+  upstream_header_t *h = upstream_headers(up, hs, nh, shared, fx->stale, &n);
+  if (h == NULL)
+    return UPSTREAM_ENOMEM;
   upstream_request_t ur = {0};
-  ur.method = shared ? "GET" : req->method_name;
+  ur.method = method;
   ur.url = fx->url;
   ur.headers = h;
   ur.nheaders = n;
-  if (!shared && req->body_len > 0) {
-    ur.body = req->body;
-    ur.body_len = req->body_len;
+  if (body_len > 0) {
+    ur.body = body;
+    ur.body_len = body_len;
   }
   ur.connect_timeout_ms = (uint32_t)up->connect_timeout_ms;
-  ur.timeout_ms = (uint32_t)p->route->upstream_timeout_ms;
-  ur.max_response_bytes = p->cfg->server.max_response_bytes;
+  ur.timeout_ms = (uint32_t)fx->route->upstream_timeout_ms;
+  ur.max_response_bytes = fx->cfg->server.max_response_bytes;
   ur.ca_file = up->ca_file;
   ur.tls_insecure = !up->tls_verify;
-  ur.http2 = true;
-  int rc = upstream_fetch(p->w->upstream, &ur, done, fx);
+  /* h2 only where TLS negotiates it: for plain http, curl's PIPEWAIT
+   * would queue calls behind one connection hoping to multiplex */
+  ur.http2 = up->tls;
+  int rc = upstream_fetch(fx->w->upstream, &ur, done, fx);
   free(h);
   return rc;
+}
+
+/* The upstream's own rate-limit fields and 429s, per upstream. */
+static void observe_quota(app_upstream_t *aup, const upstream_response_t *resp) {
+  if (aup == NULL || aup->quota == NULL)
+    return;
+  /* upstream_header_t and hdr_t have the same layout; convert explicitly */
+  hdr_t hs[64];
+  size_t n = resp->nheaders < 64 ? resp->nheaders : 64;
+  for (size_t i = 0; i < n; i++)
+    hs[i] = (hdr_t){resp->headers[i].name, resp->headers[i].name_len,
+                    resp->headers[i].value, resp->headers[i].value_len};
+  quota_observe(aup->quota, hs, n, resp->status, time(NULL));
+}
+
+/* Spends one call of the upstream's local budget; false (and the wait in
+ * aup->quota_wait_s) when it is empty. Only real upstream calls get here:
+ * hits, stale hits and followers never do. */
+static bool take_quota(app_upstream_t *aup) {
+  uint64_t wait = 0;
+  if (aup == NULL || aup->quota == NULL || quota_take(aup->quota, &wait) == 0)
+    return true;
+  atomic_store(&aup->quota_wait_s, quota_retry_after_s(wait));
+  return false;
 }
 
 static int map_upstream_err(int uerr) {
@@ -795,6 +881,9 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
              (double)resp->total_time_us / 1000.0);
     res.err = map_upstream_err(resp->err);
     res.value = coalesce_value_new(resp->errmsg, strlen(resp->errmsg));
+    if (fx->lease != NULL)
+      fleet_abandon(fx->lease);
+    fx->lease = NULL;
     coalesce_fetch_done(fx->fetch, &res);
     coalesce_value_release(res.value);
     fetchctx_free(fx);
@@ -803,11 +892,10 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
   LOG_INFO("upstream_call", "upstream=%s status=%d ms=%.1f reused=%d",
            fx->aup ? fx->aup->name : "-", resp->status,
            (double)resp->total_time_us / 1000.0, resp->reused);
+  observe_quota(fx->aup, resp);
   coalesce_value_t *v = build_response(resp, fx->stale);
   if (v == NULL) {
-    res.err = COALESCE_ENOMEM;
-    coalesce_fetch_done(fx->fetch, &res);
-    fetchctx_free(fx);
+    fail_fetch(fx, COALESCE_ENOMEM, 0, "out of memory");
     return;
   }
   const config_route_t *rt = fx->route;
@@ -847,12 +935,14 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
     cachekey_t variant, rec;
     cachekey_init(&variant);
     cachekey_init(&rec);
-    cachekey_add(&variant, fx->primary.data, fx->primary.len);
+    /* exactly the bytes build_key() starts from before adding Vary */
+    cachekey_copy(&variant, fx->primary.data, fx->primary.len);
     if (cachekey_add_vary(&variant, vary, vl, fx_header, fx) && d.store &&
         !variant.oom) {
       (void)coalesce_cache_put(app->cache, variant.data, variant.len, v,
                                &d.ttl);
       vary_record_key(&fx->primary, &rec);
+      atomic_store(&app->seen_vary, true); /* before the record exists */
       coalesce_value_t *list = coalesce_value_new(vary, vl);
       coalesce_ttl_t rttl = d.ttl;
       rttl.sie_ns += ms2ns(rt->stale_if_error_ms);
@@ -866,6 +956,15 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
   }
   if (!d.store && d.why != NULL)
     LOG_DEBUG("not_stored", "status=%d reason=%s", r->status, d.why);
+  if (fx->lease != NULL) {
+    /* the fleet gets what the local cache would store; a first answer with
+     * Vary is stored under its variant locally only */
+    if ((res.flags & (COALESCE_RESULT_NOSTORE | COALESCE_RESULT_NOSHARE)) == 0)
+      fleet_publish(fx->lease, v, &d.ttl, NULL, NULL);
+    else
+      fleet_abandon(fx->lease);
+    fx->lease = NULL;
+  }
   coalesce_fetch_done(fx->fetch, &res);
   coalesce_value_release(v);
   fetchctx_free(fx);
@@ -888,38 +987,102 @@ void proxy_fetch_start(void *ud, const void *key, size_t keylen,
   fx->fetch = fetch;
   fx->cfg = p->cfg;
   fx->route = p->route;
+  fx->up = p->up;
   fx->aup = p->aup;
   fx->stale = coalesce_value_ref(stale);
   fx->authorized = http_request_header(p->req, "authorization", NULL) != NULL;
   fx->vary_keyed = p->vary_keyed;
   cachekey_init(&fx->primary);
-  cachekey_add(&fx->primary, key, keylen);
   /* the flight's key is the primary key unless it already holds Vary */
-  fx->primary.len = 0;
-  if (!p->vary_keyed) {
-    fx->primary.oom = false;
-    free(fx->primary.data);
-    cachekey_init(&fx->primary);
-    /* raw copy: primary keys are stored byte for byte */
-    fx->primary.data = malloc(keylen ? keylen : 1);
-    if (fx->primary.data != NULL) {
-      memcpy(fx->primary.data, key, keylen);
-      fx->primary.len = fx->primary.cap = keylen;
-    } else {
-      fx->primary.oom = true;
+  if (!p->vary_keyed)
+    cachekey_copy(&fx->primary, key, keylen);
+  if (p->batch_id != NULL && !p->vary_keyed) {
+    /* a batch route's single id: gathered with others into one call */
+    size_t n = 0;
+    upstream_header_t *h = upstream_headers(p->up, p->req->headers,
+                                            p->req->nheaders, true, NULL, &n);
+    if (h == NULL) {
+      fetchctx_free(fx);
+      coalesce_fetch_done(fetch, &fail);
+      return;
     }
-  }
-  int rc = copy_headers(fx, p->req);
-  if (rc == 0)
-    rc = send_upstream(fx, p, true, on_fetch_done);
-  if (rc != 0) {
-    coalesce_fetch_result_t res = {.err = COALESCE_EFETCH};
-    res.value = coalesce_value_new(upstream_strerror(rc),
-                                   strlen(upstream_strerror(rc)));
-    coalesce_fetch_done(fetch, &res);
-    coalesce_value_release(res.value);
+    batch_req_t br = {.route = p->route,
+                      .upstream = p->up,
+                      .join = p->route->batch_join,
+                      .base_target = p->batch_base,
+                      .base_target_len = p->batch_base_len,
+                      .id = p->batch_id,
+                      .id_len = p->batch_id_len,
+                      .headers = h,
+                      .nheaders = n,
+                      .authorized = fx->authorized,
+                      .max_response_bytes = p->cfg->server.max_response_bytes,
+                      .breaker = p->aup ? p->aup->breaker : NULL};
+    batch_add(p->w->batch, &br, fetch);
+    free(h);
     fetchctx_free(fx);
+    return;
   }
+  /* Everything the call needs is copied into fx now: the fleet step below
+   * may answer after the request that led the flight is gone. */
+  if (copy_headers(fx, p->req) != 0 ||
+      set_url(fx, p->target, p->target_len) != 0) {
+    fetchctx_free(fx);
+    coalesce_fetch_done(fetch, &fail);
+    return;
+  }
+  if (p->w->fleet != NULL && !p->solo) {
+    fleet_acquire(p->w->fleet, key, keylen, p->cfg->redis.lock_ttl_ms,
+                  on_fleet, fx);
+    return;
+  }
+  call_upstream(fx);
+}
+
+/* Ends a flight's call that never reached the upstream. */
+static void fail_fetch(fetchctx_t *fx, int err, unsigned flags,
+                       const char *msg) {
+  coalesce_fetch_result_t res = {.err = err, .flags = flags};
+  res.value = coalesce_value_new(msg, strlen(msg));
+  if (fx->lease != NULL)
+    fleet_abandon(fx->lease); /* release the fleet lease: waiters go alone */
+  fx->lease = NULL;
+  coalesce_fetch_done(fx->fetch, &res);
+  coalesce_value_release(res.value);
+  fetchctx_free(fx);
+}
+
+/* The flight's upstream call, after the fleet step (if any): spends a call
+ * of the local budget, then sends. */
+static void call_upstream(fetchctx_t *fx) {
+  if (!take_quota(fx->aup)) {
+    fail_fetch(fx, COALESCE_EQUOTA, COALESCE_RESULT_NO_CALL,
+               "local budget for this upstream is spent");
+    return;
+  }
+  int rc = send_call(fx, "GET", fx->hdrs, fx->nhdrs, true, NULL, 0,
+                     on_fetch_done);
+  if (rc != 0)
+    fail_fetch(fx, COALESCE_EFETCH, 0, upstream_strerror(rc));
+}
+
+/* Fleet mode: another instance's answer from Redis (HIT), our lease to
+ * fetch for the fleet (LEAD), or a local call when Redis cannot help. */
+static void on_fleet(void *ud, const fleet_result_t *res) {
+  fetchctx_t *fx = ud;
+  if (res->outcome == FLEET_HIT) {
+    coalesce_fetch_result_t r = {.value = res->value,
+                                 .flags = COALESCE_RESULT_TTL |
+                                          COALESCE_RESULT_NO_CALL,
+                                 .ttl = res->ttl};
+    coalesce_fetch_done(fx->fetch, &r);
+    coalesce_value_release(res->value);
+    fetchctx_free(fx);
+    return;
+  }
+  if (res->outcome == FLEET_LEAD)
+    fx->lease = res->lease;
+  call_upstream(fx);
 }
 
 /* ---- pass-through (non-GET/HEAD) ---------------------------------------- */
@@ -930,6 +1093,8 @@ static void on_pass_done(void *ud, upstream_response_t *resp) {
   metrics_upstream_call(fx->app->metrics, fx->aup ? fx->aup->metric : -1,
                         resp->status, resp->err, resp->total_time_us);
   metrics_add(&fx->app->metrics->passthrough, 1);
+  if (resp->err == 0)
+    observe_quota(fx->aup, resp);
   LOG_INFO("upstream_call", "upstream=%s method=%s status=%d ms=%.1f",
            fx->aup ? fx->aup->name : "-", p->req->method_name, resp->status,
            (double)resp->total_time_us / 1000.0);
@@ -976,6 +1141,12 @@ static void on_pass_abort(void *ud, http_conn_t *conn) {
 }
 
 static void preq_start_pass(preq_t *p) {
+  if (!take_quota(p->aup)) {
+    send_error(p, 429, METRIC_ERR_QUOTA,
+               "the local budget for this upstream is spent", "BYPASS",
+               atomic_load(&p->aup->quota_wait_s));
+    return;
+  }
   fetchctx_t *fx = calloc(1, sizeof *fx);
   if (fx == NULL) {
     send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "BYPASS", 1);
@@ -988,7 +1159,11 @@ static void preq_start_pass(preq_t *p) {
   fx->route = p->route;
   fx->aup = p->aup;
   cachekey_init(&fx->primary);
-  int rc = send_upstream(fx, p, false, on_pass_done);
+  fx->up = p->up;
+  int rc = set_url(fx, p->target, p->target_len);
+  if (rc == 0)
+    rc = send_call(fx, p->req->method_name, p->req->headers, p->req->nheaders,
+                   false, p->req->body, p->req->body_len, on_pass_done);
   if (rc != 0) {
     fetchctx_free(fx);
     send_error(p, 502, METRIC_ERR_UPSTREAM_ERROR, upstream_strerror(rc),
@@ -1049,6 +1224,21 @@ void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
 
   if (req->method == HTTP_GET || req->method == HTTP_HEAD) {
     p->head = req->method == HTTP_HEAD;
+    if (p->route->batch_param != NULL) {
+      p->batch_base = malloc(p->target_len + 1);
+      batch_str_t id = {0};
+      if (p->batch_base != NULL &&
+          batch_split_target(p->target, p->target_len, p->route->batch_param,
+                             p->route->batch_join, p->batch_base,
+                             p->target_len + 1, &p->batch_base_len,
+                             &id) == 0) {
+        p->batch_id = id.p;
+        p->batch_id_len = id.len;
+      } else {
+        free(p->batch_base); /* not a single-id request: served alone */
+        p->batch_base = NULL;
+      }
+    }
     preq_start_cacheable(p);
   } else {
     preq_start_pass(p);

@@ -87,8 +87,17 @@ static void free_response(void *p, void *ud) {
 
 /* Hop-by-hop given every Connection field line of the message (a field
  * may be listed in any of them). */
+/* A field whose name or value holds CR, LF or NUL could split the head we
+ * serve (response splitting): never store or forward it. */
+static bool unsafe_bytes(const hdr_t *h) {
+  return memchr(h->name, '\r', h->name_len) || memchr(h->name, '\n', h->name_len) ||
+         memchr(h->name, '\0', h->name_len) || memchr(h->value, '\r', h->value_len) ||
+         memchr(h->value, '\n', h->value_len) || memchr(h->value, '\0', h->value_len) ||
+         h->name_len == 0;
+}
+
 static bool dropped(const hdr_t *all, size_t n, const hdr_t *h) {
-  if (response_is_hop_by_hop(h->name, h->name_len, NULL, 0) ||
+  if (unsafe_bytes(h) || response_is_hop_by_hop(h->name, h->name_len, NULL, 0) ||
       per_answer(h->name, h->name_len))
     return true;
   for (size_t i = 0; i < n; i++)

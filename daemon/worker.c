@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "batch.h"
+#include "fleet.h"
 #include "log.h"
 #include "proxy.h"
 
@@ -54,6 +56,11 @@ static void on_sweep(uv_timer_t *t) {
 static void on_handle_closed(uv_handle_t *h) { (void)h; }
 
 static void close_rest(worker_t *w) {
+  batch_loop_close(w->batch); /* before its upstream client */
+  w->batch = NULL;
+  if (w->fleet != NULL)
+    fleet_conn_close(w->fleet); /* its waits end LOCAL: calls still go out */
+  w->fleet = NULL;
   upstream_client_close(w->upstream);
   w->upstream = NULL;
   uv_close((uv_handle_t *)&w->sweep, on_handle_closed);
@@ -95,6 +102,15 @@ static void *worker_main(void *arg) {
     if ((long)cfg->upstreams[i].max_connections > uo.max_host_connections)
       uo.max_host_connections = (long)cfg->upstreams[i].max_connections;
   w->upstream = upstream_client_new(&w->loop, &uo);
+  if (w->upstream != NULL && w->app->fleet != NULL)
+    w->fleet = fleet_conn_new(w->app->fleet, &w->loop); /* NULL: local only */
+  if (w->upstream != NULL) {
+    w->batch = batch_loop_new(w->app->batcher, &w->loop, w->upstream);
+    if (w->batch == NULL) {
+      upstream_client_close(w->upstream);
+      w->upstream = NULL;
+    }
+  }
   uv_sem_post(&w->ready);
   if (w->upstream == NULL)
     return NULL;

@@ -36,6 +36,8 @@ typedef struct worker {
   uv_loop_t loop;
   http_server_t *server;
   upstream_client_t *upstream;
+  struct batch_loop *batch; /* this loop's share of request batching */
+  struct fleet_conn *fleet; /* fleet mode: this loop's Redis connections */
   uv_async_t inbox_async;
   pthread_mutex_t inbox_mu;
   worker_msg_t *inbox_head, *inbox_tail;

@@ -270,6 +270,10 @@ int coalesce_breaker_allow(coalesce_breaker_t *b);
 void coalesce_breaker_record(coalesce_breaker_t *b, bool success,
                              uint64_t retry_after_ns);
 
+/* Gives back an allowed call that was not made after all (e.g. refused by a
+ * local budget): no outcome is recorded, a half-open probe slot is freed. */
+void coalesce_breaker_cancel(coalesce_breaker_t *b);
+
 coalesce_breaker_state_t coalesce_breaker_state(coalesce_breaker_t *b);
 /* Nanoseconds until an open breaker lets a probe through (0 if not open). */
 uint64_t coalesce_breaker_retry_in(coalesce_breaker_t *b);
@@ -437,6 +441,9 @@ const char *coalesce_source_name(coalesce_source_t src);
 #define COALESCE_RESULT_TTL 0x8u      /* use result.ttl, not the load's */
 #define COALESCE_RESULT_NOT_MODIFIED 0x10u /* revalidated: the stale value
                                               stands; ttl restarts */
+#define COALESCE_RESULT_NO_CALL 0x20u /* no upstream call was made (e.g. a
+                                         local budget refused it): nothing
+                                         is recorded with the breaker */
 
 typedef struct coalesce_fetch_result {
   int err;                 /* 0 or negative */
@@ -474,6 +481,7 @@ typedef struct coalesce_load_result {
                               error, or the error message text) */
   coalesce_source_t source;
   uint64_t age_ns; /* for cached answers; 0 for fresh fetches */
+  int fallback_err; /* STALE_IF_ERROR: the error the stale copy replaced */
 } coalesce_load_result_t;
 
 /* Starts a fetch for key. Called synchronously from coalesce_loader_load on
@@ -537,6 +545,9 @@ int coalesce_loader_load(coalesce_loader_t *l, const void *key, size_t keylen,
 int coalesce_loader_cancel(coalesce_loader_t *l, coalesce_load_t *pending,
                            coalesce_load_result_t *fallback);
 void coalesce_load_free(coalesce_load_t *pending);
+/* The path a pending load takes: COALESCE_SRC_MISS (it leads the flight),
+ * COALESCE_SRC_COALESCED (it follows another's) or COALESCE_SRC_BYPASS. */
+coalesce_source_t coalesce_load_source(const coalesce_load_t *pending);
 
 /* Delivers a fetch's outcome: records it with the breaker once, stores the
  * value (unless not storable), then ends the flight, waking every waiter.

@@ -258,6 +258,17 @@ void coalesce_breaker_record(coalesce_breaker_t *b, bool success,
   pthread_mutex_unlock(&b->lock);
 }
 
+void coalesce_breaker_cancel(coalesce_breaker_t *b) {
+  COALESCE__CHECK(b, COALESCE__MAGIC_BREAKER);
+  pthread_mutex_lock(&b->lock);
+  /* A probe that was never sent: its slot may be handed out again. */
+  if (state_locked(b) == COALESCE_BREAKER_HALF_OPEN && b->probes_out > 0) {
+    b->probes_out--;
+    b->probes_given--;
+  }
+  pthread_mutex_unlock(&b->lock);
+}
+
 /* --- inspection ----------------------------------------------------------- */
 
 /* The state a caller would meet now: OPEN past its deadline reads as

@@ -855,6 +855,61 @@ size_t coalesce_coalescer_pending(coalesce_coalescer_t *c) {
   return n;
 }
 
+/* Whether a ranks before b: more waiters, then older, then by hash so the
+ * order is total and the same on every call. */
+static bool info_before(const coalesce_flight_info_t *a,
+                        const coalesce_flight_info_t *b) {
+  if (a->waiters != b->waiters)
+    return a->waiters > b->waiters;
+  if (a->age_ns != b->age_ns)
+    return a->age_ns > b->age_ns;
+  return a->key_hash < b->key_hash;
+}
+
+/* Inserts x into the sorted out[0..*n), keeping at most max entries. */
+static void info_insert(coalesce_flight_info_t *out, size_t *n, size_t max,
+                        const coalesce_flight_info_t *x) {
+  size_t i = *n;
+  if (i == max) {
+    if (!info_before(x, &out[max - 1]))
+      return;
+    i = max - 1;
+  } else {
+    (*n)++;
+  }
+  for (; i > 0 && info_before(x, &out[i - 1]); i--)
+    out[i] = out[i - 1];
+  out[i] = *x;
+}
+
+/* The clock is read once, before any lock (it is user code). Only flights
+ * in the table count: a detached one no longer holds its key. */
+size_t coalesce_coalescer_top(coalesce_coalescer_t *c,
+                              coalesce_flight_info_t *out, size_t max) {
+  if (c == NULL || out == NULL || max == 0)
+    return 0;
+  COALESCE__CHECK(c, COALESCE__MAGIC_COALESCER);
+  uint64_t now = now_ns(c);
+  size_t n = 0;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    shard_t *s = &c->shards[i];
+    if (atomic_load_explicit(&s->nflights, memory_order_relaxed) == 0)
+      continue; /* a racing insert is simply seen on the next poll */
+    pthread_mutex_lock(&s->mu);
+    for (size_t b = 0; b < s->nbuckets; b++)
+      for (coalesce_flight_t *f = s->buckets[b]; f != NULL; f = f->chain) {
+        coalesce_flight_info_t x = {
+            .key_hash = f->hash,
+            .key_len = f->keylen,
+            .waiters = f->nwaiters,
+            .age_ns = now > f->started_ns ? now - f->started_ns : 0};
+        info_insert(out, &n, max, &x);
+      }
+    pthread_mutex_unlock(&s->mu);
+  }
+  return n;
+}
+
 /* Fills only the coalescer's own fields (the caller zeroes the rest and may
  * call coalesce_stats_derive). */
 void coalesce_coalescer_stats(coalesce_coalescer_t *c, coalesce_stats_t *s) {

@@ -144,6 +144,7 @@ static void result_set(coalesce_load_result_t *r, int err,
   r->value = v;
   r->source = src;
   r->age_ns = age;
+  r->fallback_err = 0;
 }
 
 /* What a load may do with a cached entry: its window, demoted to
@@ -181,8 +182,10 @@ static bool stale_fallback(coalesce_loader_t *l, const void *key,
     coalesce_value_release(lk.value);
     return false;
   }
+  int replaced = r->err;
   coalesce_value_release(r->value);
   result_set(r, 0, lk.value, COALESCE_SRC_STALE_IF_ERROR, lk.age_ns);
+  r->fallback_err = replaced;
   count(l, hash, L_SIE);
   return true;
 }
@@ -207,6 +210,11 @@ static coalesce_load_t *load_new(coalesce_loader_t *l, const void *key,
   if (keylen > 0)
     memcpy(ld->key, key, keylen);
   return ld;
+}
+
+coalesce_source_t coalesce_load_source(const coalesce_load_t *ld) {
+  COALESCE__CHECK(ld, COALESCE__MAGIC_LOAD);
+  return ld->source;
 }
 
 void coalesce_load_free(coalesce_load_t *ld) {
@@ -333,7 +341,7 @@ static void maybe_refresh(coalesce_loader_t *l, const void *key, size_t keylen,
   coalesce_fetch_t *f = fetch_new(l, key, keylen, hash, o, stale);
   if (f == NULL) {
     if (o->breaker != NULL)
-      coalesce_breaker_record(o->breaker, true, 0); /* give the slot back */
+      coalesce_breaker_cancel(o->breaker); /* give the slot back */
     coalesce_flight_complete(flight, COALESCE_ENOMEM, NULL, 0);
     return;
   }
@@ -482,7 +490,7 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
     rc = coalesce_flight_add_waiter(flight, load_deliver, ld, &ld->waiter);
   if (rc != 0) {
     if (opts->breaker != NULL)
-      coalesce_breaker_record(opts->breaker, true, 0);
+      coalesce_breaker_cancel(opts->breaker);
     if (f != NULL) {
       coalesce_value_release(f->stale);
       free(f);
@@ -522,7 +530,9 @@ void coalesce_fetch_done(coalesce_fetch_t *f,
   coalesce_value_t *value = res->value;
   unsigned flags = res->flags;
 
-  if (f->breaker != NULL)
+  if (f->breaker != NULL && (flags & COALESCE_RESULT_NO_CALL))
+    coalesce_breaker_cancel(f->breaker);
+  else if (f->breaker != NULL)
     coalesce_breaker_record(f->breaker,
                             err == 0 && !(flags & COALESCE_RESULT_FAILURE),
                             res->retry_after_ns);

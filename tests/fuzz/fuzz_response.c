@@ -130,6 +130,8 @@ static bool must_drop(const fields_t *f, const char *name, size_t len) {
                                       "content-length",
                                       "age",
                                       "x-cache"};
+  if (len == 0) /* an empty field name is never stored or forwarded */
+    return true;
   for (size_t i = 0; i < sizeof never / sizeof *never; i++)
     if (name_eq(name, len, never[i]))
       return true;

@@ -127,7 +127,13 @@ class FollowerMaxWaitStaleTest(DaemonTest):
         time.sleep(0.7)  # past the TTL; only a stale-if-error copy is left
         self.up.configure("delay_ms=1500")
         rs = herd(self.d.port, ["/w"] * 10)
-        for r in rs:
+        # max_wait is a follower's limit (DESIGN.md §1.4): the nine followers
+        # get the stale copy at 300 ms; the leader waits for its call
+        leaders = [r for r in rs if r.xcache == "MISS"]
+        followers = [r for r in rs if r.xcache != "MISS"]
+        self.assertEqual(len(leaders), 1, rs)
+        self.assertEqual(leaders[0].json()["path_seq"], 2)
+        for r in followers:
             self.assertEqual(r.status, 200, r)
             self.assertEqual(r.xcache, "STALE-IF-ERROR")
             self.assertEqual(r.body, first.body)

@@ -478,8 +478,42 @@ static void test_probe_limit_under_contention(void **state) {
   coalesce_breaker_free(f.b);
 }
 
+/* A call allowed but never made gives its probe slot back, no outcome. */
+static void test_cancel_returns_probe_without_outcome(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  coalesce_breaker_opts_t o;
+  coalesce_breaker_opts_init(&o);
+  o.consecutive_failures = 1;
+  o.open_ns = SEC(1);
+  o.clock = &fc.clock;
+  coalesce_breaker_t *b;
+  assert_int_equal(coalesce_breaker_new(&o, &b), 0);
+  assert_int_equal(coalesce_breaker_allow(b), 0);
+  coalesce_breaker_record(b, false, 0);
+  fake_clock_advance(&fc, SEC(2));
+  assert_int_equal(coalesce_breaker_allow(b), 0); /* the one probe */
+  assert_int_equal(coalesce_breaker_allow(b), COALESCE_ECIRCUIT_OPEN);
+  coalesce_breaker_cancel(b);
+  assert_int_equal(coalesce_breaker_state(b), COALESCE_BREAKER_HALF_OPEN);
+  assert_int_equal(coalesce_breaker_allow(b), 0); /* handed out again */
+  coalesce_breaker_record(b, true, 0);
+  assert_int_equal(coalesce_breaker_state(b), COALESCE_BREAKER_CLOSED);
+  coalesce_stats_t st = {0};
+  coalesce_breaker_stats(b, &st);
+  assert_int_equal(st.breaker_failures, 1); /* the cancel recorded nothing */
+  assert_int_equal(st.breaker_successes, 1);
+  /* closed: cancel changes nothing */
+  assert_int_equal(coalesce_breaker_allow(b), 0);
+  coalesce_breaker_cancel(b);
+  assert_int_equal(coalesce_breaker_state(b), COALESCE_BREAKER_CLOSED);
+  coalesce_breaker_free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_cancel_returns_probe_without_outcome),
       cmocka_unit_test(test_defaults_and_names),
       cmocka_unit_test(test_consecutive_threshold_and_reset_by_success),
       cmocka_unit_test(test_consecutive_zero_disables_rule),

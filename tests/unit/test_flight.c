@@ -853,6 +853,133 @@ static void test_mixed_keys_threads(void **state) {
   coalesce_coalescer_free(m.c);
 }
 
+/* ---------------------------------------------------------- hottest keys */
+
+/* Joins n waiters to key (leading first if no flight holds it). */
+static coalesce_flight_t *join_n(coalesce_coalescer_t *c, const char *key,
+                                 int n, rec_t *recs) {
+  coalesce_flight_t *f = NULL, *x = NULL;
+  assert_int_equal(coalesce_join(c, key, strlen(key), rec_cb, NULL, &f, NULL),
+                   COALESCE_LEADER);
+  for (int i = 0; i < n; i++)
+    assert_int_equal(
+        coalesce_join(c, key, strlen(key), rec_cb, &recs[i], &x, NULL),
+        COALESCE_FOLLOWER);
+  return f;
+}
+
+static void test_top_ranks_by_waiters(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  coalesce_coalescer_t *c = new_coalescer(&fc, NULL);
+  coalesce_flight_info_t top[8];
+  memset(top, 0xab, sizeof top);
+  assert_int_equal(coalesce_coalescer_top(c, top, 8), 0);
+  assert_int_equal(coalesce_coalescer_top(c, top, 0), 0);
+  assert_int_equal(coalesce_coalescer_top(NULL, top, 8), 0);
+  assert_int_equal(coalesce_coalescer_top(c, NULL, 8), 0);
+
+  rec_t r[16];
+  memset(r, 0, sizeof r);
+  coalesce_flight_t *old2 = join_n(c, "old-two", 2, r);
+  fake_clock_advance(&fc, MS(1500));
+  coalesce_flight_t *five = join_n(c, "Authorization: Bearer s3cret", 5, r + 2);
+  coalesce_flight_t *none = join_n(c, "lonely", 0, r);
+  fake_clock_advance(&fc, MS(250));
+  coalesce_flight_t *new2 = join_n(c, "new-two", 2, r + 7);
+  fake_clock_advance(&fc, MS(250));
+  /* a forgotten flight no longer holds its key: not listed */
+  coalesce_flight_t *gone = join_n(c, "forgotten", 6, r + 9);
+  assert_int_equal(coalesce_forget(c, "forgotten", 9), 0);
+
+  size_t n = coalesce_coalescer_top(c, top, 8);
+  assert_int_equal(n, 4);
+  const char *key = "Authorization: Bearer s3cret";
+  assert_true(top[0].key_hash == coalesce__hash(key, strlen(key)));
+  assert_int_equal(top[0].key_len, strlen(key));
+  assert_int_equal(top[0].waiters, 5);
+  assert_true(top[0].age_ns == MS(500));
+  /* equal waiters: the older flight first */
+  assert_true(top[1].key_hash == coalesce__hash("old-two", 7));
+  assert_int_equal(top[1].waiters, 2);
+  assert_true(top[1].age_ns == MS(2000));
+  assert_true(top[2].key_hash == coalesce__hash("new-two", 7));
+  assert_true(top[2].age_ns == MS(250));
+  assert_true(top[3].key_hash == coalesce__hash("lonely", 6));
+  assert_int_equal(top[3].waiters, 0);
+
+  /* max cuts the list, keeping the best */
+  memset(top, 0, sizeof top);
+  assert_int_equal(coalesce_coalescer_top(c, top, 2), 2);
+  assert_int_equal(top[0].waiters, 5);
+  assert_true(top[1].key_hash == coalesce__hash("old-two", 7));
+  assert_true(top[2].key_hash == 0); /* nothing written past max */
+
+  /* a cancelled waiter leaves the count; a completed flight leaves the list */
+  coalesce_waiter_t *w = NULL;
+  coalesce_flight_t *x = NULL;
+  assert_int_equal(coalesce_join(c, "new-two", 7, rec_cb, &r[15], &x, &w),
+                   COALESCE_FOLLOWER);
+  assert_int_equal(coalesce_coalescer_top(c, top, 8), 4);
+  assert_int_equal(top[1].waiters, 3);
+  assert_true(top[1].key_hash == coalesce__hash("new-two", 7));
+  assert_int_equal(coalesce_waiter_cancel(w), 0);
+  coalesce_waiter_free(w);
+  coalesce_flight_complete(five, 0, NULL, 0);
+  n = coalesce_coalescer_top(c, top, 8);
+  assert_int_equal(n, 3);
+  assert_true(top[0].key_hash == coalesce__hash("old-two", 7));
+  assert_int_equal(top[0].waiters, 2);
+
+  coalesce_flight_complete(old2, 0, NULL, 0);
+  coalesce_flight_complete(none, 0, NULL, 0);
+  coalesce_flight_complete(new2, 0, NULL, 0);
+  coalesce_flight_complete(gone, 0, NULL, 0);
+  assert_int_equal(coalesce_coalescer_top(c, top, 8), 0);
+  for (int i = 0; i < 15; i++)
+    assert_int_equal(atomic_load(&r[i].calls), 1);
+  assert_int_equal(atomic_load(&r[15].calls), 0);
+  coalesce_coalescer_free(c);
+}
+
+/* Many flights over every shard: the top is the same as a full sort. */
+static void test_top_many_flights(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  coalesce_coalescer_t *c = new_coalescer(&fc, NULL);
+  enum { KEYS = 300 };
+  coalesce_flight_t *f[KEYS];
+  static rec_t r[KEYS * 4];
+  memset(r, 0, sizeof r);
+  int used = 0;
+  for (int k = 0; k < KEYS; k++) {
+    char key[16];
+    snprintf(key, sizeof key, "key-%d", k);
+    int w = (k * 7) % 4; /* 0..3 waiters */
+    if (k == 123)
+      w = 4; /* the single hottest */
+    f[k] = join_n(c, key, w, r + used);
+    used += w;
+    fake_clock_advance(&fc, MS(1));
+  }
+  coalesce_flight_info_t top[10];
+  assert_int_equal(coalesce_coalescer_top(c, top, 10), 10);
+  assert_true(top[0].key_hash == coalesce__hash("key-123", 7));
+  assert_int_equal(top[0].waiters, 4);
+  for (int i = 1; i < 10; i++) {
+    assert_int_equal(top[i].waiters, 3);
+    if (i > 1) /* equal waiters: older (larger age) first */
+      assert_true(top[i].age_ns < top[i - 1].age_ns);
+  }
+  /* the oldest 3-waiter key (k*7 % 4 == 3 first at k = 1) comes first */
+  assert_true(top[1].key_hash == coalesce__hash("key-1", 5));
+  for (int k = 0; k < KEYS; k++)
+    coalesce_flight_complete(f[k], 0, NULL, 0);
+  for (int i = 0; i < used; i++)
+    assert_int_equal(atomic_load(&r[i].calls), 1);
+  coalesce_coalescer_free(c);
+}
+
 static void test_defaults_and_null(void **state) {
   (void)state;
   coalesce_coalescer_opts_t o;
@@ -891,6 +1018,8 @@ int main(void) {
       cmocka_unit_test(test_limits_overload),
       cmocka_unit_test(test_keys_do_not_wait_on_each_other),
       cmocka_unit_test(test_mixed_keys_threads),
+      cmocka_unit_test(test_top_ranks_by_waiters),
+      cmocka_unit_test(test_top_many_flights),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /*
- * test_admin.c — the admin listener: stats / health JSON, Prometheus text,
- * the reset token, routing, and that no secret ever reaches an answer.
+ * test_admin.c — the admin listener: stats / health / flights JSON,
+ * Prometheus text, the reset token, routing, the compiled-in dashboard and
+ * its headers, and that no secret (nor a cache key) ever reaches an answer.
  *
  * The app is assembled by hand from real library objects (cache, coalescer,
  * loader, breakers on a fake clock) and real metrics, and figures are
@@ -20,6 +21,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <xxhash.h>
 
 #include "admin.h"
 #include "fake_clock.h"
@@ -36,7 +38,7 @@ struct http_conn {
   int calls; /* must end at exactly 1: THE REQUEST RULE */
   int status;
   char ctype[128];
-  char headers[512];
+  char headers[1024];
   char *body;
   size_t len;
 };
@@ -85,6 +87,10 @@ const char *http_request_header(const http_request_t *req, const char *name,
 
 static int resets;
 static http_server_stats_t fake_http;
+
+void app_stats(app_t *app, coalesce_stats_t *s) { /* no batching here */
+  coalesce_loader_stats(app->loader, s);
+}
 
 void app_stats_reset(app_t *app) { /* what app.c does */
   resets++;
@@ -368,6 +374,23 @@ static void test_stats_leader_followers_hits(void **state) {
   assert_true(json_real_value(json_object_get(lat, "p99")) > 4.9);
   assert_true(json_real_value(json_object_get(lat, "p99")) <= 5.0);
   assert_int_equal(ival(lat, "samples"), 3);
+  /* The raw buckets, for windowed quantiles in the dashboard. */
+  json_t *hb = json_object_get(json_object_get(lat, "histogram"), "bounds_ms");
+  json_t *hc = json_object_get(json_object_get(lat, "histogram"), "counts");
+  assert_int_equal(json_array_size(hb), METRIC_LATENCY_BUCKETS);
+  assert_int_equal(json_array_size(hc), METRIC_LATENCY_BUCKETS + 1);
+  assert_true(json_real_value(json_array_get(hb, 0)) == 1.0);
+  assert_true(json_real_value(json_array_get(hb, 2)) == 5.0);
+  assert_int_equal(json_integer_value(json_array_get(hc, 2)), 3); /* (2.5,5] */
+  assert_int_equal(json_integer_value(json_array_get(hc, 1)), 0);
+  json_t *pay_lat = json_object_get(
+      json_object_get(json_object_get(s, "upstreams"), "pay"), "latency_ms");
+  json_t *pc = json_object_get(json_object_get(pay_lat, "histogram"), "counts");
+  assert_int_equal(json_array_size(pc), METRIC_LATENCY_BUCKETS + 1);
+  assert_int_equal(json_integer_value(json_array_get(pc, 2)), 1);
+  /* uptime_ms: the server's clock, so clients derive rates from it */
+  assert_true(ival(s, "uptime_ms") >= 42000);
+  assert_true(ival(s, "uptime_ms") / 1000 >= ival(s, "uptime_seconds"));
   assert_true(ival(s, "uptime_seconds") >= 42);
   assert_string_equal(sval(s, "version", NULL), "9.8.7-test");
   assert_int_equal(ival(s, "workers"), 3);
@@ -695,11 +718,13 @@ static const http_request_t *mkreq(req_builder_t *b, enum http_method method,
   memset(b, 0, sizeof *b);
   b->req.method = method;
   b->req.method_name = http_method_str(method);
+  const char *q = strchr(path, '?');
   b->req.path = path;
-  b->req.path_len = strlen(path);
+  b->req.path_len = q != NULL ? (size_t)(q - path) : strlen(path);
   b->req.target = path;
   b->req.target_len = strlen(path);
-  b->req.query = "";
+  b->req.query = q != NULL ? q + 1 : "";
+  b->req.query_len = strlen(b->req.query);
   b->req.body = "";
   b->req.peer_addr = "127.0.0.1";
   b->req.http_major = b->req.http_minor = 1;
@@ -769,6 +794,11 @@ static void test_routes(void **state) {
   serve(f, &c, HTTP_GET, "/", NULL, NULL);
   assert_int_equal(c.status, 200);
   assert_non_null(strstr(c.body, ADMIN_PATH_RESET));
+  assert_non_null(strstr(c.body, ADMIN_PATH_FLIGHTS));
+  assert_non_null(strstr(c.body, "\"" ADMIN_PATH_DASHBOARD "\""));
+  j = json_loads(c.body, 0, NULL);
+  assert_int_equal(json_array_size(json_object_get(j, "endpoints")), 6);
+  json_decref(j);
   free(c.body);
 
   serve(f, &c, HTTP_GET, "/nope", NULL, NULL);
@@ -852,6 +882,226 @@ static void test_reset_token(void **state) {
   assert_int_equal(resets, 3);
 }
 
+/* ---------------------------------------------------------- flights */
+
+#define SECRET_KEY "GET /me\nauthorization: Bearer " SECRET_TOKEN
+
+static bool is_hex16(const char *s) {
+  if (s == NULL || strlen(s) != 16)
+    return false;
+  for (int i = 0; i < 16; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return false;
+  return true;
+}
+
+static void test_key_id(void **state) {
+  (void)state;
+  char a[17], b[17], c[17], raw[17];
+  admin_key_id(42, a);
+  admin_key_id(42, b);
+  admin_key_id(43, c);
+  assert_true(is_hex16(a));
+  assert_string_equal(a, b); /* stable within the process */
+  assert_string_not_equal(a, c);
+  snprintf(raw, sizeof raw, "%016llx", 42ULL);
+  assert_string_not_equal(a, raw); /* keyed, not the bare hash */
+}
+
+static void test_flights(void **state) {
+  fixture_t *f = *state;
+  app_t *app = &f->app;
+  json_t *j = admin_flights_json(app, 0);
+  assert_int_equal(ival(j, "pending_requests"), 0);
+  assert_int_equal(ival(j, "limit"), ADMIN_FLIGHTS_DEFAULT);
+  assert_int_equal(json_array_size(json_object_get(j, "flights")), 0);
+  json_decref(j);
+
+  /* A cold herd of 5 on a key holding an identity header, 2 on another. */
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(load(f, SECRET_KEY), COALESCE_PENDING);
+  fake_clock_advance(&f->fc, MS(1500));
+  for (int i = 0; i < 2; i++)
+    assert_int_equal(load(f, "GET /other"), COALESCE_PENDING);
+  fake_clock_advance(&f->fc, MS(250));
+
+  j = admin_flights_json(app, 10);
+  assert_int_equal(ival(j, "pending_requests"), 2);
+  json_t *list = json_object_get(j, "flights");
+  assert_int_equal(json_array_size(list), 2);
+  json_t *hot = json_array_get(list, 0), *cool = json_array_get(list, 1);
+  /* the loader's leader waits on its own flight too: 1 + 4 followers */
+  assert_int_equal(ival(hot, "waiters"), 5);
+  assert_true(json_real_value(json_object_get(hot, "age_ms")) == 1750.0);
+  assert_int_equal(ival(cool, "waiters"), 2);
+  assert_true(json_real_value(json_object_get(cool, "age_ms")) == 250.0);
+  const char *id = sval(hot, "key", NULL);
+  assert_true(is_hex16(id));
+  char want[17], raw[17];
+  uint64_t h = XXH3_64bits(SECRET_KEY, strlen(SECRET_KEY));
+  admin_key_id(h, want);
+  assert_string_equal(id, want);
+  snprintf(raw, sizeof raw, "%016llx", (unsigned long long)h);
+  assert_string_not_equal(id, raw);
+  assert_string_not_equal(id, sval(cool, "key", NULL));
+  json_decref(j);
+
+  /* through the route: limit, bad limits, and no key bytes anywhere */
+  struct http_conn c;
+  serve(f, &c, HTTP_GET, ADMIN_PATH_FLIGHTS "?limit=1", NULL, NULL);
+  assert_int_equal(c.status, 200);
+  assert_string_equal(c.ctype, "application/json");
+  assert_non_null(strstr(c.headers, "Cache-Control: no-store\r\n"));
+  assert_null(strstr(c.body, SECRET_TOKEN));
+  assert_null(strstr(c.body, "/me"));
+  assert_null(strstr(c.body, "/other"));
+  j = json_loads(c.body, 0, NULL);
+  assert_int_equal(ival(j, "limit"), 1);
+  assert_int_equal(json_array_size(json_object_get(j, "flights")), 1);
+  assert_int_equal(ival(json_array_get(json_object_get(j, "flights"), 0),
+                        "waiters"),
+                   5);
+  json_decref(j);
+  free(c.body);
+  serve(f, &c, HTTP_GET, ADMIN_PATH_FLIGHTS "?x=1&limit=5000", NULL, NULL);
+  assert_int_equal(c.status, 200);
+  j = json_loads(c.body, 0, NULL);
+  assert_int_equal(ival(j, "limit"), ADMIN_FLIGHTS_MAX);
+  json_decref(j);
+  free(c.body);
+  const char *bad[] = {"?limit=abc", "?limit=0", "?limit=", "?limit=-1",
+                       "?limit=1x"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char path[128];
+    snprintf(path, sizeof path, "%s%s", ADMIN_PATH_FLIGHTS, bad[i]);
+    serve(f, &c, HTTP_GET, path, NULL, NULL);
+    assert_error(&c, 400, "bad_request");
+    free(c.body);
+  }
+  serve(f, &c, HTTP_POST, ADMIN_PATH_FLIGHTS, NULL, NULL);
+  assert_error(&c, 405, "method_not_allowed");
+  free(c.body);
+
+  finish_fetches(f);
+  assert_int_equal(f->answered, 7);
+  j = admin_flights_json(app, 10);
+  assert_int_equal(ival(j, "pending_requests"), 0);
+  assert_int_equal(json_array_size(json_object_get(j, "flights")), 0);
+  json_decref(j);
+}
+
+/* -------------------------------------------------------- dashboard */
+
+static void assert_dashboard_headers(const struct http_conn *c) {
+  assert_non_null(strstr(c->headers, "Cache-Control: no-store\r\n"));
+  const char *csp = strstr(c->headers, "Content-Security-Policy: ");
+  assert_non_null(csp);
+  const char *eol = strstr(csp, "\r\n");
+  assert_non_null(eol);
+  char policy[512];
+  snprintf(policy, sizeof policy, "%.*s", (int)(eol - csp), csp);
+  assert_non_null(strstr(policy, "default-src 'self'"));
+  assert_non_null(strstr(policy, "script-src 'self'"));
+  assert_non_null(strstr(policy, "style-src 'self'"));
+  assert_non_null(strstr(policy, "frame-ancestors 'none'"));
+  assert_null(strstr(policy, "unsafe")); /* no inline script or style */
+  assert_null(strstr(policy, "*"));
+  assert_non_null(strstr(c->headers, "X-Content-Type-Options: nosniff\r\n"));
+}
+
+/* Every <script> element of the page names a src: no inline script. */
+static void assert_no_inline_script(const char *html) {
+  for (const char *p = strstr(html, "<script"); p != NULL;
+       p = strstr(p + 1, "<script")) {
+    const char *end = strchr(p, '>');
+    assert_non_null(end);
+    char tag[256];
+    snprintf(tag, sizeof tag, "%.*s", (int)(end - p), p);
+    assert_non_null(strstr(tag, " src=\"/"));
+    assert_true(strncmp(end, "></script>", 10) == 0);
+  }
+  assert_null(strstr(html, " style=")); /* no inline style either */
+  assert_null(strstr(html, "<style"));
+  assert_null(strstr(html, " onclick="));
+  assert_null(strstr(html, " onload="));
+}
+
+static void test_dashboard(void **state) {
+  fixture_t *f = *state;
+  struct http_conn c;
+
+  serve(f, &c, HTTP_GET, ADMIN_PATH_DASHBOARD, NULL, NULL);
+  assert_int_equal(c.status, 200);
+  assert_string_equal(c.ctype, "text/html; charset=utf-8");
+  assert_dashboard_headers(&c);
+  assert_true(strncmp(c.body, "<!doctype html>", 15) == 0);
+  assert_int_equal(strlen(c.body), c.len); /* no stray NUL sent */
+  assert_non_null(strstr(c.body, "<script src=\"/dashboard.js\""));
+  assert_non_null(strstr(c.body, "href=\"/dashboard.css\""));
+  /* the figures the integration test reads */
+  assert_non_null(strstr(c.body, "id=\"total-requests\""));
+  assert_non_null(strstr(c.body, "id=\"api-calls-saved\""));
+  assert_non_null(strstr(c.body, "id=\"hit-rate\""));
+  assert_non_null(strstr(c.body, "id=\"hot-keys\""));
+  assert_no_inline_script(c.body);
+  assert_null(strstr(c.body, "http://")); /* nothing from the network */
+  assert_null(strstr(c.body, "https://"));
+  free(c.body);
+
+  serve(f, &c, HTTP_GET, "/dashboard.js", NULL, NULL);
+  assert_int_equal(c.status, 200);
+  assert_string_equal(c.ctype, "text/javascript; charset=utf-8");
+  assert_dashboard_headers(&c);
+  assert_non_null(strstr(c.body, "/api/v1/shared/deduplication"));
+  assert_non_null(strstr(c.body, "\"/flights"));
+  assert_null(strstr(c.body, "https://"));
+  assert_null(strstr(c.body, "eval("));
+  free(c.body);
+
+  serve(f, &c, HTTP_GET, "/dashboard.css", NULL, NULL);
+  assert_int_equal(c.status, 200);
+  assert_string_equal(c.ctype, "text/css; charset=utf-8");
+  assert_dashboard_headers(&c);
+  assert_non_null(strstr(c.body, "prefers-color-scheme"));
+  assert_null(strstr(c.body, "://"));
+  assert_null(strstr(c.body, "@import"));
+  free(c.body);
+
+  serve(f, &c, HTTP_GET, "/dashboard.svg", NULL, NULL);
+  assert_int_equal(c.status, 200);
+  assert_string_equal(c.ctype, "image/svg+xml");
+  free(c.body);
+
+  serve(f, &c, HTTP_HEAD, ADMIN_PATH_DASHBOARD, NULL, NULL);
+  assert_int_equal(c.status, 200);
+  free(c.body);
+
+  serve(f, &c, HTTP_POST, ADMIN_PATH_DASHBOARD, NULL, NULL);
+  assert_error(&c, 405, "method_not_allowed");
+  free(c.body);
+  const char *nope[] = {"/dashboard/", "/dashboard.html", "/dash",
+                        "/dashboard.jsx", "/embed.cmake", "/index.html"};
+  for (size_t i = 0; i < sizeof nope / sizeof nope[0]; i++) {
+    serve(f, &c, HTTP_GET, nope[i], NULL, NULL);
+    assert_error(&c, 404, "not_found");
+    free(c.body);
+  }
+
+  /* the table ends with its sentinel and every entry is findable */
+  size_t n = 0;
+  for (const admin_asset_t *a = admin_assets; a->path != NULL; a++, n++) {
+    assert_ptr_equal(admin_asset_find(a->path, strlen(a->path)), a);
+    assert_true(a->len > 0);
+    assert_int_equal(a->data[a->len], 0);
+  }
+  assert_int_equal(n, 4);
+  /* paths need not be NUL-terminated: only len bytes count */
+  assert_ptr_equal(admin_asset_find("/dashboard.jsX", 13),
+                   admin_asset_find("/dashboard.js", 13));
+  assert_null(admin_asset_find("/dashboard.jsX", 14));
+  assert_null(admin_asset_find("/dashboard", 9));
+}
+
 /* ---------------------------------------------------------- secrets */
 
 static void assert_no_secret(const char *out) {
@@ -866,8 +1116,17 @@ static void test_no_secrets(void **state) {
   assert_int_equal(load(f, "k"), COALESCE_PENDING);
   finish_fetches(f);
   trip(f, 1);
-  const char *paths[] = {"/",        ADMIN_PATH_STATS, ADMIN_PATH_HEALTH,
-                         "/metrics", "/nope",          ADMIN_PATH_RESET};
+  /* a flight in the air whose key holds a secret */
+  assert_int_equal(load(f, SECRET_KEY), COALESCE_PENDING);
+  const char *paths[] = {"/",
+                         ADMIN_PATH_STATS,
+                         ADMIN_PATH_HEALTH,
+                         "/metrics",
+                         "/nope",
+                         ADMIN_PATH_RESET,
+                         ADMIN_PATH_FLIGHTS,
+                         ADMIN_PATH_DASHBOARD,
+                         "/dashboard.js"};
   for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
     struct http_conn c;
     serve(f, &c, HTTP_GET, paths[i], NULL, NULL);
@@ -905,6 +1164,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_reset_no_token, setup, teardown),
       cmocka_unit_test_setup_teardown(test_reset_token, setup_token, teardown),
       cmocka_unit_test_setup_teardown(test_no_secrets, setup_token, teardown),
+      cmocka_unit_test(test_key_id),
+      cmocka_unit_test_setup_teardown(test_flights, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dashboard, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

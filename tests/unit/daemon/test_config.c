@@ -511,8 +511,8 @@ static const char full_ini[] =
     "batch_param = ids\n"
     "batch_max = 50\n"
     "batch_window = 5ms\n"
-    "batch_id_path = data.id\n"
-    "batch_item_wrap = data\n"
+    "batch_id_path = data[].id\n"
+    "batch_item_wrap = {\"data\":[ITEM]}\n"
     "\n"
     "[route /odds/live]\n"
     "upstream = odds\n"
@@ -614,8 +614,8 @@ static void test_file_every_section(void **state) {
   assert_string_equal(r->batch_param, "ids");
   assert_int_equal(r->batch_max, 50);
   assert_int_equal(r->batch_window_ms, 5);
-  assert_string_equal(r->batch_id_path, "data.id");
-  assert_string_equal(r->batch_item_wrap, "data");
+  assert_string_equal(r->batch_id_path, "data[].id");
+  assert_string_equal(r->batch_item_wrap, "{\"data\":[ITEM]}");
 
   r = route(c, "/odds/live");
   assert_int_equal(r->stale_ms, 0);

@@ -48,6 +48,21 @@ static void test_head_is_prebuilt_without_hop_by_hop(void **state) {
   coalesce_value_release(v);
 }
 
+static void test_split_attempts_are_dropped(void **state) {
+  (void)state;
+  hdr_t h[] = {H("X-A", "ok"), H("X-B", "evil\r\nSet-Cookie: x=1"),
+               H("X-C", "nul\0byte")};
+  coalesce_value_t *v = make(200, h, 3, "");
+  const response_t *r = response_of(v);
+  assert_int_equal(r->n_headers, 1);
+  assert_null(memchr(r->head, '\0', r->head_len));
+  char head[256];
+  memcpy(head, r->head, r->head_len);
+  head[r->head_len] = '\0';
+  assert_null(strstr(head, "Set-Cookie"));
+  coalesce_value_release(v);
+}
+
 static void test_304_refresh_merges_fields(void **state) {
   (void)state;
   hdr_t h[] = {H("ETag", "\"v1\""), H("Cache-Control", "max-age=10"),
@@ -169,6 +184,7 @@ static void test_origin_authorization_rule(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_head_is_prebuilt_without_hop_by_hop),
+      cmocka_unit_test(test_split_attempts_are_dropped),
       cmocka_unit_test(test_304_refresh_merges_fields),
       cmocka_unit_test(test_private_answers_are_neither_stored_nor_shared),
       cmocka_unit_test(test_override_uses_route_ttl_and_statuses),
