@@ -46,6 +46,7 @@ wrk_seconds=${WRK_SECONDS:-10}
 mem_entries=${MEM_ENTRIES:-100000}
 read -r -a mem_peers <<<"${MEM_PEERS:-coalesced}"
 ceiling=${CEILING:-1} # 0: no static-nginx ceiling in scenario g
+floor=${FLOOR:-1}     # 0: no herds straight at the upstream in a-c
 ttl_s=5               # every peer's fresh lifetime (coalesced --ttl 5s)
 delay_ms=200
 out=docs/bench
@@ -69,7 +70,7 @@ install_deps() {
     own=1
   fi
   scripts/deps.sh deps/bench.txt || rc=$?
-  ((own)) && rm -f "$policy"
+  if ((own)); then rm -f "$policy"; fi
   return "$rc"
 }
 for tool in wrk gnuplot nginx varnishd; do
@@ -194,6 +195,13 @@ stats_coalesced() { # profile: the daemon's stats JSON
 }
 version_coalesced() { "$coalesced" --version 2>&1 | head -n1; }
 
+# "direct": no proxy, the herd goes straight to the upstream (the floor).
+start_direct() {
+  peer_port=${upstream##*:}
+  peer_pids=
+}
+stop_direct() { :; }
+
 # nginx, Varnish and the static-nginx ceiling.
 # shellcheck source=bench/peers/peers.sh
 source "$root/bench/peers/peers.sh"
@@ -312,6 +320,8 @@ SHORT = {"a_cold200": "a 200 cold", "b_cold1000": "b 1000 cold",
          "c_keys50x20": "c 50x20", "d_stale200": "d stale",
          "e_error500": "e 500", "f_hang": "f hang"}
 CEILING = "nginx_static"
+FLOOR = "direct"
+NAMES = {CEILING: "static nginx (ceiling)", FLOOR: "no proxy (floor)"}
 # coalesced's targets (issue 5): (scenario, max upstream calls, max p99 ms)
 HERD_TARGETS = {"a_cold200": (1, 205), "b_cold1000": (1, 260),
                 "c_keys50x20": (50, 260), "d_stale200": (1, 10),
@@ -336,9 +346,12 @@ def summary(groups, peers):
     whether coalesced meets its target."""
     others = [p for p in peers if p != "coalesced"]
     md = ["## Side by side (medians of the reps; calls = upstream calls)\n",
+          "The last peer column is the machine's bound: the same herd sent "
+          "straight to the upstream (a-c), nginx answering a fixed body "
+          "from its configuration (1 KiB hits).\n",
           "| scenario | measure | " + " | ".join(peers) +
-          " | coalesced's target | met |",
-          "|---|---|" + "--:|" * len(peers) + "---|:-:|"]
+          " | floor / ceiling | coalesced's target | met |",
+          "|---|---|" + "--:|" * (len(peers) + 1) + "---|:-:|"]
     def ok(b):
         return "yes" if b else "**no**"
     for scen, (max_calls, max_p99) in HERD_TARGETS.items():
@@ -349,6 +362,9 @@ def summary(groups, peers):
             g = groups.get((scen, p))
             cells_c.append(med(g, "upstream_calls", "{:.0f}") if g else "-")
             cells_p.append(med(g, "p99_ms") if g else "-")
+        fl = groups.get((scen, FLOOR))
+        cells_c.append(med(fl, "upstream_calls", "{:.0f}") if fl else "")
+        cells_p.append(med(fl, "p99_ms") if fl else "")
         g = groups[(scen, "coalesced")]
         calls, p99 = medf(g, "upstream_calls"), medf(g, "p99_ms")
         worst = max(float(r["upstream_calls"]) for r in g)
@@ -374,27 +390,31 @@ def summary(groups, peers):
         else:
             target = "≥ nginx"
             met = ok(rps["coalesced"] >= ng) if ng else "-"
+        c = medf(ceil, "req_per_s") if ceil and scen == "g_hit_1k" else None
+        cp = medf(ceil, "p99_ms") if ceil and scen == "g_hit_1k" else None
         md.append(f"| {TITLES[scen]} | req/s | " +
                   " | ".join(f"{rps[p]:.0f}" if p in rps else "-" for p in peers) +
-                  f" | {target} | {met} |")
+                  (f" | {c:.0f}" if c else " | ") + f" | {target} | {met} |")
         if scen == "g_hit_1k":
             met = ok(p99["coalesced"] <= p99["nginx"]) if "nginx" in p99 else "-"
             md.append("| | p99 ms | " +
                       " | ".join(f"{p99[p]:.2f}" if p in p99 else "-" for p in peers) +
-                      f" | ≤ nginx | {met} |")
-            if ceil:
-                c = medf(ceil, "req_per_s")
-                md.append("| | share of the static-nginx ceiling "
-                          f"({c:.0f} req/s) | " +
+                      (f" | {cp:.2f}" if cp else " | ") + f" | ≤ nginx | {met} |")
+            if c:
+                md.append("| | share of the ceiling | " +
                           " | ".join(f"{rps[p] / c:.0%}" if p in rps else "-"
-                                     for p in peers) + " | | |")
+                                     for p in peers) + " | 100% | | |")
+        else:
+            md.append("| | p99 ms | " +
+                      " | ".join(f"{p99[p]:.2f}" if p in p99 else "-" for p in peers) +
+                      " | | | |")
     g = groups.get(("h_mem", "coalesced"))
     if g:
         per = mem_per_entry(g)
         md.append("| h. RSS growth per 1 KiB entry | bytes | " +
                   " | ".join(f"{per:.0f}" if p == "coalesced" else "-"
                              for p in peers) +
-                  f" | ≤ {MEM_TARGET} | {ok(per <= MEM_TARGET)} |")
+                  f" | | ≤ {MEM_TARGET} | {ok(per <= MEM_TARGET)} |")
     return md
 
 def report(csvpath, mdpath, latdat, hitdat):
@@ -403,7 +423,8 @@ def report(csvpath, mdpath, latdat, hitdat):
     for r in rows:
         groups.setdefault((r["scenario"], r["peer"]), []).append(r)
     allpeers = list(dict.fromkeys(r["peer"] for r in rows))
-    peers = [p for p in allpeers if p != CEILING]
+    peers = [p for p in allpeers if p not in (CEILING, FLOOR)]
+    latpeers = peers + [p for p in allpeers if p == FLOOR]
     md = summary(groups, peers)
     md.append("")
     md.append("## Herds (latency from the moment all requests were started)\n")
@@ -412,14 +433,14 @@ def report(csvpath, mdpath, latdat, hitdat):
     md.append("|---|---|--:|--:|---|---|--:|--:|--:|")
     lat = {}
     for scen in SHORT:
-        for peer in peers:
+        for peer in latpeers:
             g = groups.get((scen, peer))
             if not g:
                 continue
             # the rep with the median p99 represents the statuses / X-Cache
             rep = sorted(g, key=lambda r: float(r["p99_ms"]))[len(g) // 2]
             calls = " / ".join(r["upstream_calls"] for r in g)
-            md.append(f'| {TITLES[scen]} | {peer} | {rep["requests"]} | {calls} | '
+            md.append(f'| {TITLES[scen]} | {NAMES.get(peer, peer)} | {rep["requests"]} | {calls} | '
                       f'{rep["statuses"].replace(";", " ")} | '
                       f'{rep["x_cache"].replace(";", " ")} | '
                       f'{med(g, "p50_ms")} | {med(g, "p99_ms")} | {med(g, "max_ms")} |')
@@ -434,7 +455,7 @@ def report(csvpath, mdpath, latdat, hitdat):
             g = groups.get((scen, peer))
             if not g:
                 continue
-            name = "static nginx (ceiling)" if peer == CEILING else peer
+            name = NAMES.get(peer, peer)
             md.append(f'| {body} | {name} | {med(g, "req_per_s", "{:.0f}")} | '
                       f'{med(g, "p50_ms", "{:.2f}")} | {med(g, "p90_ms", "{:.2f}")} | '
                       f'{med(g, "p99_ms", "{:.2f}")} | {med(g, "max_ms", "{:.2f}")} | '
@@ -467,17 +488,19 @@ def report(csvpath, mdpath, latdat, hitdat):
                   f'{med(g, "entries", "{:.0f}")} | {med(g, "req_per_s", "{:.0f}")} |')
     open(mdpath, "a").write("\n".join(md) + "\n")
     with open(latdat, "w") as f:
-        f.write("scenario " + " ".join(peers) + "\n")
+        f.write("scenario " + " ".join(
+            "no-proxy-floor" if p == FLOOR else p for p in latpeers) + "\n")
         for scen in SHORT:
             if scen in lat:
                 f.write(f'"{SHORT[scen]}" ' +
-                        " ".join(lat[scen].get(p, "NaN") for p in peers) + "\n")
+                        " ".join(lat[scen].get(p, "NaN") for p in latpeers) + "\n")
     with open(hitdat, "w") as f:
+        hitpeers = peers + [p for p in allpeers if p == CEILING]
         names = {CEILING: "static-nginx-ceiling"}
-        f.write("body " + " ".join(names.get(p, p) for p in allpeers) + "\n")
+        f.write("body " + " ".join(names.get(p, p) for p in hitpeers) + "\n")
         for body, v in hits.items():
-            f.write(f'"{body}" ' + " ".join(v.get(p, "NaN") for p in allpeers) + "\n")
-    print(len(peers) + 1, len(allpeers) + 1)
+            f.write(f'"{body}" ' + " ".join(v.get(p, "NaN") for p in hitpeers) + "\n")
+    print(len(latpeers) + 1, len(hitpeers) + 1)
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
@@ -511,9 +534,14 @@ progress() { # peer scenario rep: the last CSV row, readable
 # ---- scenarios --------------------------------------------------------------------------
 # profile "fresh": a new instance for each rep (and peer), so that what a
 # failing upstream does to the circuit breaker stays within that rep.
+# The cold herds a-c also go straight to the upstream ("direct"): no proxy
+# at all, so its latency is this machine's floor for the scenario (the
+# upstream's 200 ms plus the client and the upstream sharing the cores).
 herd_scenario() { # id profile n keys query
   local id=$1 profile=$2 n=$3 keys=$4 query=$5 peer rep url js calls
-  for peer in "${peers[@]}"; do
+  local herd_peers=("${peers[@]}")
+  if ((floor)) && [[ $profile == main && $id == [abc]_* ]]; then herd_peers+=(direct); fi
+  for peer in "${herd_peers[@]}"; do
     for rep in $(seq "$reps"); do
       if [[ $profile == fresh ]]; then peer_up "$peer" fresh; fi
       reset_all "$peer" "$profile"
@@ -627,6 +655,7 @@ say "bench: $versions; wrk ${wrk_version:-not installed}; peers: ${peers[*]}; $r
 started=$SECONDS
 
 for peer in "${peers[@]}"; do peer_up "$peer" main; done
+if ((floor)); then peer_up direct main; fi
 herd_scenario a_cold200 main 200 1 ""
 herd_scenario b_cold1000 main 1000 1 ""
 herd_scenario c_keys50x20 main 1000 50 ""

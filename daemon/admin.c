@@ -13,6 +13,10 @@
  */
 #include "admin.h"
 
+#include "batch.h"
+#include "fleet.h"
+#include "quota.h"
+
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -153,6 +157,51 @@ static json_t *latency_json(const metrics_upstream_t *u) {
   return o;
 }
 
+/* An upstream-reported figure: null when the upstream never said. */
+static json_t *jfigure(int64_t v) {
+  return v < 0 ? json_null() : json_integer(v);
+}
+
+/* The upstream's own rate-limit figures and our local budget (issue 10). */
+static json_t *quota_json(quota_t *q) {
+  quota_snapshot_t qs;
+  quota_snapshot(q, &qs);
+  json_t *o = json_object();
+  if (o == NULL)
+    return NULL;
+  bool ok = put(o, "limit", qs.observed ? jfigure(qs.limit) : json_null()) &&
+            put(o, "remaining",
+                qs.observed ? jfigure(qs.remaining) : json_null()) &&
+            put(o, "reset_in_s",
+                qs.observed ? jfigure(qs.reset_in_s) : json_null()) &&
+            put(o, "observed_at", qs.observed
+                                      ? json_integer((json_int_t)qs.observed_at)
+                                      : json_null()) &&
+            put(o, "low", json_boolean(qs.low)) &&
+            put(o, "rejections", jcount(qs.rejections)) &&
+            put(o, "upstream_429s", jcount(qs.upstream_429s)) &&
+            put(o, "granted", jcount(qs.granted));
+  if (ok && (qs.has_rate || qs.has_period)) {
+    json_t *b = json_object();
+    ok = b != NULL &&
+         put(b, "rate_per_sec", qs.has_rate ? json_real(qs.rate_per_sec)
+                                            : json_null()) &&
+         put(b, "burst", qs.has_rate ? jcount(qs.burst) : json_null()) &&
+         put(b, "tokens",
+             qs.has_rate ? json_real(round_to(qs.tokens, 100.0)) : json_null()) &&
+         put(b, "period_max", qs.has_period ? jcount(qs.period_max) : json_null()) &&
+         put(b, "period_used", qs.has_period ? jcount(qs.period_used) : json_null()) &&
+         put(b, "period_remaining",
+             qs.has_period ? jcount(qs.period_remaining) : json_null());
+    ok = ok && put(o, "budget", b);
+  }
+  if (!ok) {
+    json_decref(o);
+    return NULL;
+  }
+  return o;
+}
+
 static json_t *upstream_json(app_t *app, const app_upstream_t *e) {
   metrics_upstream_t *u = upstream_metrics(app, e);
   json_t *o = json_object();
@@ -171,7 +220,8 @@ static json_t *upstream_json(app_t *app, const app_upstream_t *e) {
        put(o, "timeouts", jcount(UGET(timeouts))) &&
        put(o, "status_429", jcount(UGET(status_429))) &&
        put(o, "responses", json_incref(classes)) &&
-       put(o, "latency_ms", latency_json(u));
+       put(o, "latency_ms", latency_json(u)) &&
+       (e->quota == NULL || put(o, "quota", quota_json(e->quota)));
 #undef UGET
   json_decref(classes);
   if (!ok) {
@@ -192,6 +242,32 @@ static json_t *counts_json(_Atomic uint64_t *counts, int n,
       return NULL;
     }
   return o;
+}
+
+static json_t *fleet_json(app_t *app) {
+  fleet_stats_t f;
+  app_fleet_stats(app, &f);
+  return json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "state",
+                   f.state_name, "redis_errors", (json_int_t)f.redis_errors,
+                   "fleet_fallbacks", (json_int_t)f.fleet_fallbacks, "l2_hits",
+                   (json_int_t)f.l2_hits, "leases_acquired",
+                   (json_int_t)f.leases_acquired, "lease_takeovers",
+                   (json_int_t)f.lease_takeovers, "waits", (json_int_t)f.waits,
+                   "publishes", (json_int_t)f.publishes, "reconnects",
+                   (json_int_t)f.reconnects, "connections",
+                   (json_int_t)f.conns, "connections_ready",
+                   (json_int_t)f.conns_ready);
+}
+
+static json_t *batch_json(app_t *app) {
+  batch_stats_t b;
+  app_batch_stats(app, &b);
+  return json_pack("{s:I,s:I,s:I,s:I,s:I}", "batches_made",
+                   (json_int_t)b.batches_made, "batched_keys",
+                   (json_int_t)b.batched_keys, "calls_saved",
+                   (json_int_t)b.calls_saved, "failed_calls",
+                   (json_int_t)b.failed_calls, "missing_ids",
+                   (json_int_t)b.missing_ids);
 }
 
 json_t *admin_stats_json(app_t *app) {
@@ -245,7 +321,9 @@ json_t *admin_stats_json(app_t *app) {
       put(doc, "version",
           json_string(app->version ? app->version : "unknown")) &&
       put(doc, "workers", jcount(app->nworkers)) &&
-      put(doc, "connections_open", jcount(hs.connections_open));
+      put(doc, "connections_open", jcount(hs.connections_open)) &&
+      put(doc, "batching", batch_json(app)) &&
+      (app->fleet == NULL || put(doc, "fleet", fleet_json(app)));
   json_decref(cache);
   json_decref(ups);
   if (!ok) {
@@ -365,6 +443,19 @@ json_t *admin_health_json(app_t *app, int *http_status) {
     ok = put(breakers, app->upstreams[i].name,
              json_string(coalesce_breaker_state_name(st)));
   }
+  size_t low = 0;
+  json_t *quota = json_object();
+  ok = ok && quota != NULL;
+  for (size_t i = 0; ok && i < n; i++) {
+    bool q_low = app->upstreams[i].quota != NULL &&
+                 quota_low(app->upstreams[i].quota);
+    low += q_low;
+    ok = put(quota, app->upstreams[i].name,
+             json_string(q_low ? "low" : "ok"));
+  }
+  fleet_stats_t fs;
+  app_fleet_stats(app, &fs);
+  bool fleet_degraded = fs.state == FLEET_STATE_DEGRADED;
   bool draining = atomic_load(&app->draining);
   /* Every upstream refusing calls: nothing but stale copies can be served,
    * so a load balancer should prefer another instance. A half-open breaker
@@ -372,24 +463,28 @@ json_t *admin_health_json(app_t *app, int *http_status) {
   const char *status = "healthy";
   if (n > 0 && open == n)
     status = "unhealthy";
-  else if (open + half > 0 || draining)
+  else if (open + half > 0 || draining || low > 0 || fleet_degraded)
     status = "degraded";
   *http_status = strcmp(status, "unhealthy") == 0 ? 503 : 200;
 
-  /* Only whether fleet mode is configured: never the URL, which may hold
-   * a password. The app exposes no fleet client state yet. */
+  /* Whether fleet mode is on and its state: never the URL, which may hold
+   * a password. */
   config_t *cfg = app_config(app);
-  bool redis_on = cfg != NULL && cfg->redis.url != NULL;
+  bool redis_on = app->fleet != NULL || (cfg != NULL && cfg->redis.url != NULL);
   ok = ok && put(redis, "configured", json_boolean(redis_on)) &&
-       put(redis, "state", json_string(redis_on ? "unknown" : "disabled"));
+       put(redis, "state", json_string(fs.state_name)) &&
+       put(redis, "errors", jcount(fs.redis_errors)) &&
+       put(redis, "fallbacks", jcount(fs.fleet_fallbacks));
   ok =
       ok && put(doc, "status", json_string(status)) &&
       put(doc, "breakers", json_incref(breakers)) &&
       put(doc, "redis", json_incref(redis)) &&
+      put(doc, "quota", json_incref(quota)) &&
       put(doc, "uptime_seconds", jcount((uint64_t)admin_uptime_seconds(app))) &&
       put(doc, "draining", json_boolean(draining));
   json_decref(breakers);
   json_decref(redis);
+  json_decref(quota);
   if (!ok) {
     json_decref(doc);
     return NULL;
@@ -478,11 +573,11 @@ static json_t *index_json(app_t *app) {
   };
   json_t *list = json_array();
   bool ok = list != NULL;
-  for (size_t i = 0; ok && i < sizeof eps / sizeof eps[0]; i++)
-    ok = json_array_append_new(
-             list, json_pack("{s:s, s:s, s:s}", "method", eps[i].method, "path",
-                             eps[i].path, "description",
-                             eps[i].description)) == 0;
+  for (size_t i = 0; ok && i < sizeof eps / sizeof eps[0]; i++) {
+    json_t *e = json_pack("{s:s, s:s, s:s}", "method", eps[i].method, "path",
+                          eps[i].path, "description", eps[i].description);
+    ok = json_array_append_new(list, e) == 0; /* -1 for a NULL e */
+  }
   if (!ok) {
     json_decref(list);
     return NULL;

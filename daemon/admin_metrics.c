@@ -21,6 +21,9 @@
 #include <string.h>
 
 #include "admin.h"
+#include "batch.h"
+#include "fleet.h"
+#include "quota.h"
 
 /* ------------------------------------------------------- text buffer */
 
@@ -119,6 +122,8 @@ typedef struct up_snap {
   char *label; /* escaped name */
   coalesce_stats_t breaker;
   metrics_upstream_t *m; /* zero_slot when it has no metric slot */
+  quota_snapshot_t quota;
+  bool has_quota;
 } up_snap_t;
 
 /* Stands in for an upstream without a metric slot: all zero, never
@@ -269,6 +274,77 @@ static void upstream_figures(text_t *t, up_snap_t *ups, size_t n) {
   }
 }
 
+/* Issue 10: the local budget and the upstream's own accounting. */
+static void quota_figures(text_t *t, up_snap_t *ups, size_t n) {
+  family(t, "coalesce_quota_rejections_total", "counter",
+         "Upstream calls refused by the local budget.");
+  for (size_t i = 0; i < n; i++)
+    emit(t, "coalesce_quota_rejections_total{upstream=\"%s\"} %" PRIu64 "\n",
+         ups[i].label, ups[i].has_quota ? ups[i].quota.rejections : 0);
+  family(t, "coalesce_upstream_429s_total", "counter",
+         "429 answers from the upstream.");
+  for (size_t i = 0; i < n; i++)
+    emit(t, "coalesce_upstream_429s_total{upstream=\"%s\"} %" PRIu64 "\n",
+         ups[i].label, ups[i].has_quota ? ups[i].quota.upstream_429s : 0);
+  static const char *const names[] = {"limit", "remaining", "reset_seconds"};
+  for (int f = 0; f < 3; f++) {
+    char fam[64];
+    snprintf(fam, sizeof fam, "coalesce_upstream_ratelimit_%s", names[f]);
+    family(t, fam, "gauge",
+           "The upstream's own rate-limit figure, as last reported.");
+    for (size_t i = 0; i < n; i++) {
+      const quota_snapshot_t *q = &ups[i].quota;
+      if (!ups[i].has_quota || !q->observed)
+        continue;
+      int64_t v = f == 0 ? q->limit : f == 1 ? q->remaining : q->reset_in_s;
+      if (v >= 0)
+        emit(t, "%s{upstream=\"%s\"} %" PRId64 "\n", fam, ups[i].label, v);
+    }
+  }
+  family(t, "coalesce_quota_tokens", "gauge",
+         "Calls the local token bucket allows now.");
+  for (size_t i = 0; i < n; i++)
+    if (ups[i].has_quota && ups[i].quota.has_rate)
+      emit(t, "coalesce_quota_tokens{upstream=\"%s\"} %.2f\n", ups[i].label,
+           ups[i].quota.tokens);
+}
+
+/* Issue 7 and 8: fleet mode and batching. */
+static void fleet_batch_figures(text_t *t, app_t *app) {
+  fleet_stats_t f;
+  app_fleet_stats(app, &f);
+  gauge(t, "coalesce_fleet_state",
+        "Fleet mode: 0 disabled, 1 connected, 2 degraded.", (double)f.state);
+  counter(t, "coalesce_redis_errors_total",
+          "Failed or timed-out Redis commands and connections.",
+          f.redis_errors);
+  counter(t, "coalesce_fleet_fallbacks_total",
+          "Leaders that fetched locally because Redis could not help.",
+          f.fleet_fallbacks);
+  counter(t, "coalesce_fleet_l2_hits_total",
+          "Flights answered from the fleet's shared cache.", f.l2_hits);
+  counter(t, "coalesce_fleet_lease_takeovers_total",
+          "Fleet leases taken over from an expired holder.",
+          f.lease_takeovers);
+  batch_stats_t b;
+  app_batch_stats(app, &b);
+  counter(t, "coalesce_batches_total", "Batched upstream calls made.",
+          b.batches_made);
+  counter(t, "coalesce_batched_keys_total",
+          "Ids answered by batched upstream calls.", b.batched_keys);
+  family(t, "coalesce_batch_ids", "histogram", "Ids per batched call.");
+  uint64_t cum = 0;
+  for (int i = 0; i < BATCH_HIST_BUCKETS - 1; i++) {
+    cum += b.ids_per_batch[i];
+    emit(t, "coalesce_batch_ids_bucket{le=\"%u\"} %" PRIu64 "\n",
+         batch_hist_le[i], cum);
+  }
+  cum += b.ids_per_batch[BATCH_HIST_BUCKETS - 1];
+  emit(t, "coalesce_batch_ids_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+  emit(t, "coalesce_batch_ids_sum %" PRIu64 "\n", b.batched_keys);
+  emit(t, "coalesce_batch_ids_count %" PRIu64 "\n", cum);
+}
+
 static void http_figures(text_t *t, const http_server_stats_t *h) {
   gauge(t, "coalesce_http_connections_open", "Client connections open now.",
         (double)h->connections_open);
@@ -319,12 +395,18 @@ char *admin_metrics_text(app_t *app, size_t *len) {
     ups[i].m = app->metrics != NULL && e->metric >= 0
                    ? &app->metrics->upstreams[e->metric]
                    : &zero_slot;
+    ups[i].has_quota = e->quota != NULL;
+    if (e->quota != NULL)
+      quota_snapshot(e->quota, &ups[i].quota);
   }
 
   library_figures(&t, &s);
   daemon_figures(&t, app->metrics);
-  if (!t.failed)
+  if (!t.failed) {
     upstream_figures(&t, ups, n);
+    quota_figures(&t, ups, n);
+  }
+  fleet_batch_figures(&t, app);
   http_figures(&t, &hs);
   gauge(&t, "coalesce_workers", "Worker event loops.", (double)app->nworkers);
   family(&t, "coalesce_uptime_seconds", "gauge", "Seconds since start.");

@@ -220,6 +220,14 @@ void app_stats(app_t *app, coalesce_stats_t *s) {
           : 100.0 * (double)s->api_calls_saved / (double)s->total_requests;
 }
 
+void app_fleet_stats(app_t *app, struct fleet_stats *out) {
+  fleet_stats(app->fleet, out);
+}
+
+void app_batch_stats(app_t *app, struct batch_stats *out) {
+  batcher_stats(app->batcher, out);
+}
+
 void app_http_stats(app_t *app, struct http_server_stats *out) {
   memset(out, 0, sizeof *out);
   for (unsigned i = 0; i < app->nworkers; i++) {

@@ -88,6 +88,13 @@ void app_stats_reset(app_t *app);
  * request batching saved moved from made to saved. */
 void app_stats(app_t *app, coalesce_stats_t *s);
 
+/* Fleet mode and batching figures for the admin side (zeroed/"disabled"
+ * when off). Any thread. */
+struct fleet_stats;
+struct batch_stats;
+void app_fleet_stats(app_t *app, struct fleet_stats *out);
+void app_batch_stats(app_t *app, struct batch_stats *out);
+
 /* Sums every worker's HTTP server counters. */
 struct http_server_stats;
 void app_http_stats(app_t *app, struct http_server_stats *out);

@@ -193,4 +193,7 @@ void policy_request(const ccontrol_t *req, uint64_t now_ns, policy_request_t *ou
     out->min_fresh_ns = s2ns(req->min_fresh);
   out->only_if_cached = req->only_if_cached;
   out->no_store = req->no_store;
+  if (req->stale_if_error != CC_ABSENT) /* 0 s: no stale copy on error */
+    out->max_stale_on_error_ns =
+        req->stale_if_error == 0 ? 1 : s2ns(req->stale_if_error);
 }

@@ -63,6 +63,7 @@ typedef struct policy_request {
   uint64_t min_fresh_ns;
   bool only_if_cached;
   bool no_store; /* §5.2.1.5: do not store this request's answer */
+  uint64_t max_stale_on_error_ns; /* RFC 5861 §4 request stale-if-error */
 } policy_request_t;
 void policy_request(const ccontrol_t *req, uint64_t now_ns, policy_request_t *out);
 

@@ -64,15 +64,20 @@ typedef struct preq {
   int attempts;
   bool solo;
   coalesce_load_t *load;
-  uv_timer_t timer;
   bool timer_on;
   bool waiting;
   bool aborted;
   coalesce_load_result_t result;
   coalesce_value_t *sent; /* held until written */
+  /* Not zeroed at allocation (every request pays for what it zeroes):
+   * everything from here on is written before it is read. */
   char tail[192];
   uv_buf_t bufs[3];
+  uv_timer_t timer; /* initialised once timer_on */
+  char target_mem[]; /* `target` lives here: one allocation per request */
 } preq_t;
+
+#define PREQ_ZEROED offsetof(preq_t, tail)
 
 /* One upstream call in progress: a flight's fetch, or a pass-through. */
 typedef struct fetchctx {
@@ -107,14 +112,25 @@ static void fail_fetch(fetchctx_t *fx, int err, unsigned flags,
 
 static uint64_t ms2ns(uint64_t ms) { return ms * COALESCE_NS_PER_MS; }
 
+/* http_request_header for the key's identity headers, asked on every
+ * request: lengths compared first, so absent fields cost no strcasecmp. */
 static const char *req_header(void *ud, const char *name, size_t *len) {
-  return http_request_header((const http_request_t *)ud, name, len);
+  const http_request_t *req = ud;
+  size_t nl = strlen(name);
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const http_header_t *h = &req->headers[i];
+    if (h->name_len == nl && strncasecmp(h->name, name, nl) == 0) {
+      if (len != NULL)
+        *len = h->value_len;
+      return h->value;
+    }
+  }
+  return NULL;
 }
 
 static void preq_free_now(uv_handle_t *h) {
   preq_t *p = h->data;
   cachekey_free(&p->key);
-  free(p->target);
   free(p->batch_base);
   free(p);
 }
@@ -133,7 +149,6 @@ static void preq_free(preq_t *p) {
     return;
   }
   cachekey_free(&p->key);
-  free(p->target);
   free(p->batch_base);
   free(p);
 }
@@ -254,15 +269,33 @@ static bool etag_matches(const char *list, size_t len, const char *etag,
 static bool not_modified_for(const http_request_t *req, const response_t *r) {
   if (r->status != 200)
     return false;
-  size_t il, el;
-  const char *inm = http_request_header(req, "if-none-match", &il);
-  const char *etag = response_header(r, "etag", &el);
-  if (inm != NULL)
-    return etag != NULL && etag_matches(inm, il, etag, el);
-  const char *ims = http_request_header(req, "if-modified-since", &il);
+  /* Every hit asks, and most requests carry neither field: one pass over
+   * the request's fields, comparing lengths first, and no look at the
+   * stored fields unless the client sent a validator. */
+  const char *inm = NULL, *ims = NULL;
+  size_t inml = 0, imsl = 0;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const http_header_t *h = &req->headers[i];
+    if (inm == NULL && h->name_len == 13 &&
+        strncasecmp(h->name, "if-none-match", 13) == 0) {
+      inm = h->value;
+      inml = h->value_len;
+    } else if (ims == NULL && h->name_len == 17 &&
+               strncasecmp(h->name, "if-modified-since", 17) == 0) {
+      ims = h->value;
+      imsl = h->value_len;
+    }
+  }
+  size_t el;
+  if (inm != NULL) {
+    const char *etag = response_header(r, "etag", &el);
+    return etag != NULL && etag_matches(inm, inml, etag, el);
+  }
+  if (ims == NULL)
+    return false;
   const char *lm = response_header(r, "last-modified", &el);
   time_t since, mod;
-  return ims != NULL && lm != NULL && http_date_parse(ims, il, &since) &&
+  return lm != NULL && http_date_parse(ims, imsl, &since) &&
          http_date_parse(lm, el, &mod) && mod <= since;
 }
 
@@ -275,14 +308,15 @@ static void send_not_modified(preq_t *p, coalesce_value_t *v,
   char extra[2048];
   size_t o = 0;
   for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) {
-    size_t vl;
-    const char *val = response_header(r, keep[i], &vl);
-    if (val == NULL)
-      continue;
+    /* the first field of that name, as stored (names are not
+     * NUL-terminated: they point into the head) */
+    size_t kl = strlen(keep[i]);
     for (size_t j = 0; j < r->n_headers; j++) {
-      if (strcasecmp(r->headers[j].name, keep[i]) == 0) {
-        int n = snprintf(extra + o, sizeof extra - o, "%s: %.*s\r\n",
-                         r->headers[j].name, (int)vl, val);
+      const hdr_t *h = &r->headers[j];
+      if (h->name_len == kl && strncasecmp(h->name, keep[i], kl) == 0) {
+        int n = snprintf(extra + o, sizeof extra - o, "%.*s: %.*s\r\n",
+                         (int)h->name_len, h->name, (int)h->value_len,
+                         h->value);
         if (n > 0 && (size_t)n < sizeof extra - o)
           o += (size_t)n;
         break;
@@ -559,6 +593,7 @@ static void request_limits(preq_t *p, coalesce_load_opts_t *o,
   *only_if_cached = pr.only_if_cached;
   if (pr.no_store)
     o->flags |= COALESCE_LOAD_NO_STORE;
+  o->max_stale_on_error_ns = pr.max_stale_on_error_ns;
 }
 
 /* only-if-cached: a stored response this request accepts, or 504 — the
@@ -1178,11 +1213,15 @@ static void preq_start_pass(preq_t *p) {
 void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   worker_t *w = ud;
   app_t *app = w->app;
-  preq_t *p = calloc(1, sizeof *p);
+  /* room for the normalised target (never longer than this) after p */
+  size_t cap = req->path_len * 3 + req->query_len * 3 + 4;
+  preq_t *p = cap <= SIZE_MAX - sizeof *p ? malloc(sizeof *p + cap) : NULL;
   if (p == NULL) {
     http_conn_send_error(conn, 503, "overloaded", "out of memory");
     return;
   }
+  memset(p, 0, PREQ_ZEROED);
+  p->target = p->target_mem;
   p->w = w;
   p->app = app;
   p->conn = conn;
@@ -1198,12 +1237,6 @@ void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   p->up = &p->cfg->upstreams[p->route->upstream];
   p->aup = app_upstream(app, p->up->name);
 
-  size_t cap = req->path_len * 3 + req->query_len * 3 + 4;
-  p->target = malloc(cap);
-  if (p->target == NULL) {
-    send_error(p, 503, METRIC_ERR_OVERLOADED, "out of memory", "MISS", 1);
-    return;
-  }
   long pl = cachekey_normalize_path(req->path, req->path_len, p->target, cap);
   long ql = pl < 0 ? -1
                    : cachekey_canonical_query(req->query, req->query_len,

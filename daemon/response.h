@@ -8,6 +8,12 @@
  * Content-Length, without the final CRLF) so that an answer is one writev
  * of {head, per-request tail (X-Cache, Age, Connection), body}.
  *
+ * Memory (one cache entry each, so every byte counts): the value header,
+ * the response_t, its field table, the head and the body are ONE
+ * allocation, sized exactly. The field table does not copy the fields: its
+ * names and values point into the head's lines, so they are NOT
+ * NUL-terminated — always use the lengths.
+ *
  * Hop-by-hop fields (Connection and the fields it lists, Keep-Alive,
  * Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are never stored or
  * forwarded; Content-Length, Age and X-Cache are written per answer.
@@ -32,19 +38,20 @@ typedef struct hdr {
 
 typedef struct response {
   int status;
+  uint32_t n_headers;
   const char *head; /* status line + header lines, no final CRLF */
   size_t head_len;
-  const char *body;
+  const char *body; /* NUL-terminated (not counted in body_len) */
   size_t body_len;
-  hdr_t *headers; /* the stored fields (for policy and revalidation) */
-  size_t n_headers;
+  hdr_t *headers; /* the stored fields (for policy and revalidation),
+                     pointing into head: not NUL-terminated */
   time_t date;          /* its Date, or the time it arrived */
   time_t received;      /* wall-clock time it arrived */
   uint64_t upstream_age; /* seconds, from its Age field */
 } response_t;
 
-/* Builds a response (one allocation; body copied) and wraps it in a value
- * charged for everything it holds. NULL on allocation failure. */
+/* Builds a response (one allocation with the value; body copied) charged
+ * for everything it holds. NULL on allocation failure. */
 coalesce_value_t *response_new(int status, const hdr_t *headers,
                                size_t n_headers, const void *body,
                                size_t body_len, time_t received);
@@ -59,7 +66,8 @@ static inline const response_t *response_of(const coalesce_value_t *v) {
   return (const response_t *)coalesce_value_data(v);
 }
 
-/* First field of that name (case-insensitive), or NULL. */
+/* First field of that name (case-insensitive), or NULL. The value is not
+ * NUL-terminated: *len (if len is non-NULL) is its length. */
 const char *response_header(const response_t *r, const char *name,
                             size_t *len);
 

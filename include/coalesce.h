@@ -95,6 +95,13 @@ typedef void (*coalesce_free_fn)(void *ptr, void *ud);
  * len). Returns NULL on allocation failure. The caller holds one reference. */
 coalesce_value_t *coalesce_value_new(const void *data, size_t len);
 
+/* One allocation of len bytes of UNINITIALISED data (*data, aligned for
+ * any object type), for a caller that builds a value in place instead of
+ * copying it in: fill data[0..len) before sharing the value with another
+ * thread or object (a cache, a waiter). No trailing NUL is added. Returns
+ * NULL on allocation failure. The caller holds one reference. */
+coalesce_value_t *coalesce_value_alloc(size_t len, void **data);
+
 /* Takes ownership of `data` without copying: free_fn(data, ud) runs when the
  * last reference goes (free_fn may be NULL for static data). `charge` is
  * the byte cost reported to caches (0 means len). NULL on allocation
@@ -473,6 +480,9 @@ typedef struct coalesce_load_opts {
                              max-stale); UINT64_MAX or 0: no limit */
   uint64_t min_fresh_ns;  /* a FRESH entry must stay fresh this long more
                              to count as fresh (a request's min-fresh) */
+  uint64_t max_stale_on_error_ns; /* a stale-if-error fallback may be at
+                                     most this stale (a request's own
+                                     stale-if-error, RFC 5861 §4); 0: any */
 } coalesce_load_opts_t;
 
 typedef struct coalesce_load_result {

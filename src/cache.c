@@ -29,8 +29,18 @@
  *   - Accounting: shard->bytes is the sum of the entries' charges (entry
  *     struct + key + value charge) and stays <= shard->budget after every
  *     write; both are only changed under the shard's write lock.
+ *
+ * Memory per entry (paid once per cached key, so kept small): the links,
+ * the value pointer, the store time, half the hash, the key length and the
+ * windows in whole milliseconds (5 x 32 bits: what every caller passes in
+ * practice) in 70 bytes, then the key. A ttl that is not whole
+ * milliseconds, or longer than 49 days, is kept exactly in a "wide" block
+ * after the key, so nothing is ever rounded. An entry's charge is derived
+ * (its size plus its value's charge, which never changes) rather than
+ * stored.
  */
 #include <pthread.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -45,19 +55,90 @@
 /* Counter ids in cache->counters. */
 enum { C_LOOKUPS, C_MISSES, C_INSERTS, C_EVICTIONS };
 
+/* A compact window of UINT32_MAX stands for UINT64_MAX ("forever"). */
+#define MS_FOREVER UINT32_MAX
+
 typedef struct entry {
   struct entry *chain; /* next in the bucket; reused by the free list */
   struct entry *newer; /* SIEVE queue, toward the head */
   struct entry *older; /* SIEVE queue, toward the tail */
-  uint64_t hash;
   coalesce_value_t *value; /* the entry's own reference */
   uint64_t stored_at;      /* clock reading the windows start from */
-  coalesce_ttl_t ttl;
-  size_t charge; /* what this entry costs against the budget */
-  size_t keylen;
+  uint32_t hash;   /* low half of the key's hash: bucket, quick compare */
+  uint32_t keylen;
+  uint32_t ms[5];  /* fresh, swr, sie, age, keep in ms, unless `wide` */
   atomic_bool visited; /* set by hits (read lock), cleared by the hand */
+  bool wide;           /* the windows are in the block after the key */
   unsigned char key[];
 } entry_t;
+
+#define ENTRY_FIXED offsetof(entry_t, key)
+
+/* Offset of the wide block: after the key, aligned. */
+static size_t wide_offset(size_t keylen) {
+  size_t a = alignof(coalesce_ttl_t);
+  return (ENTRY_FIXED + keylen + a - 1) / a * a;
+}
+
+/* Bytes of an entry (without its value); callers have checked that
+ * keylen fits 32 bits. */
+static size_t entry_size(size_t keylen, bool wide) {
+  return wide ? wide_offset(keylen) + sizeof(coalesce_ttl_t)
+              : ENTRY_FIXED + keylen;
+}
+
+static coalesce_ttl_t *entry_wide(const entry_t *e) {
+  return (coalesce_ttl_t *)((char *)e + wide_offset(e->keylen));
+}
+
+/* A window as compact milliseconds, false if it does not fit exactly. */
+static bool ms_of(uint64_t ns, uint32_t *ms) {
+  if (ns == UINT64_MAX) {
+    *ms = MS_FOREVER;
+    return true;
+  }
+  if (ns % COALESCE_NS_PER_MS != 0 || ns / COALESCE_NS_PER_MS >= MS_FOREVER)
+    return false;
+  *ms = (uint32_t)(ns / COALESCE_NS_PER_MS);
+  return true;
+}
+
+static uint64_t ns_of(uint32_t ms) {
+  return ms == MS_FOREVER ? UINT64_MAX : (uint64_t)ms * COALESCE_NS_PER_MS;
+}
+
+static bool ttl_compact(const coalesce_ttl_t *ttl, uint32_t ms[5]) {
+  return ms_of(ttl->fresh_ns, &ms[0]) && ms_of(ttl->swr_ns, &ms[1]) &&
+         ms_of(ttl->sie_ns, &ms[2]) && ms_of(ttl->age_ns, &ms[3]) &&
+         ms_of(ttl->keep_ns, &ms[4]);
+}
+
+/* Stores ttl in e (which must be wide unless the ttl is compact). */
+static void entry_set_ttl(entry_t *e, const coalesce_ttl_t *ttl) {
+  if (e->wide)
+    *entry_wide(e) = *ttl;
+  else if (!ttl_compact(ttl, e->ms))
+    abort(); /* the caller sized the entry for this ttl */
+}
+
+static void entry_ttl(const entry_t *e, coalesce_ttl_t *out) {
+  if (e->wide) {
+    *out = *entry_wide(e);
+    return;
+  }
+  out->fresh_ns = ns_of(e->ms[0]);
+  out->swr_ns = ns_of(e->ms[1]);
+  out->sie_ns = ns_of(e->ms[2]);
+  out->age_ns = ns_of(e->ms[3]);
+  out->keep_ns = ns_of(e->ms[4]);
+}
+
+/* What the entry costs against the budget: derived, never stored (the
+ * value's charge cannot change). */
+static size_t entry_charge(const entry_t *e) {
+  return (size_t)coalesce__add_sat(entry_size(e->keylen, e->wide),
+                                   coalesce_value_charge(e->value));
+}
 
 typedef struct shard {
   _Alignas(COALESCE__CACHELINE) pthread_rwlock_t lock;
@@ -109,13 +190,15 @@ static uint64_t ttl_total(const coalesce_ttl_t *ttl) {
 }
 
 static bool entry_expired(const entry_t *e, uint64_t now) {
-  return entry_elapsed(e, now) >= ttl_total(&e->ttl);
+  coalesce_ttl_t t;
+  entry_ttl(e, &t);
+  return entry_elapsed(e, now) >= ttl_total(&t);
 }
 
 static entry_t *shard_find(const shard_t *s, uint64_t hash, const void *key,
                            size_t keylen) {
   for (entry_t *e = s->buckets[hash & s->mask]; e != NULL; e = e->chain)
-    if (e->hash == hash && e->keylen == keylen &&
+    if (e->hash == (uint32_t)hash && e->keylen == keylen &&
         (keylen == 0 || memcmp(e->key, key, keylen) == 0))
       return e;
   return NULL;
@@ -140,7 +223,7 @@ static void shard_unlink(shard_t *s, entry_t *e) {
     s->tail = e->newer;
 
   s->entries--;
-  s->bytes -= e->charge;
+  s->bytes -= entry_charge(e);
   e->chain = NULL;
 }
 
@@ -157,14 +240,40 @@ static void shard_link(shard_t *s, entry_t *e) {
     s->tail = e;
   s->head = e;
   s->entries++;
-  s->bytes += e->charge;
+  s->bytes += entry_charge(e);
+}
+
+/* Puts `by` in e's place: same bucket, same queue position, the hand on
+ * it if it was on e. Write lock. */
+static void shard_replace(shard_t *s, entry_t *e, entry_t *by) {
+  entry_t **pp = &s->buckets[e->hash & s->mask];
+  while (*pp != e)
+    pp = &(*pp)->chain;
+  *pp = by;
+  by->chain = e->chain;
+  by->newer = e->newer;
+  by->older = e->older;
+  if (by->newer != NULL)
+    by->newer->older = by;
+  else
+    s->head = by;
+  if (by->older != NULL)
+    by->older->newer = by;
+  else
+    s->tail = by;
+  if (s->hand == e)
+    s->hand = by;
+  s->bytes = s->bytes - entry_charge(e) + entry_charge(by);
+  e->chain = NULL;
 }
 
 /* Doubles the bucket array once the load passes 1. On allocation failure
- * the chains just get longer: correctness does not depend on the size. */
+ * the chains just get longer: correctness does not depend on the size.
+ * The mask stays within the 32 hash bits an entry keeps. */
 static void shard_maybe_grow(shard_t *s) {
   size_t n = s->mask + 1;
-  if (s->entries <= n || n > SIZE_MAX / 2 / sizeof(entry_t *))
+  if (s->entries <= n || n > SIZE_MAX / 2 / sizeof(entry_t *) ||
+      n > UINT32_MAX / 2)
     return;
   entry_t **nb = calloc(n * 2, sizeof(*nb));
   if (nb == NULL)
@@ -328,7 +437,7 @@ void coalesce_cache_free(coalesce_cache_t *cache) {
 }
 
 size_t coalesce_cache_entry_charge(size_t keylen, const coalesce_value_t *v) {
-  size_t charge = coalesce__add_sat(sizeof(entry_t), keylen);
+  size_t charge = coalesce__add_sat(ENTRY_FIXED, keylen);
   return v == NULL
              ? charge
              : (size_t)coalesce__add_sat(charge, coalesce_value_charge(v));
@@ -343,20 +452,25 @@ int coalesce_cache_put(coalesce_cache_t *cache, const void *key, size_t keylen,
     return COALESCE_EINVAL;
   uint64_t hash = coalesce__hash(key, keylen);
   shard_t *s = shard_of(cache, hash);
-  size_t charge = coalesce_cache_entry_charge(keylen, value);
+  uint32_t ms[5];
+  bool wide = !ttl_compact(ttl, ms);
+  size_t charge = keylen > UINT32_MAX
+                      ? SIZE_MAX
+                      : (size_t)coalesce__add_sat(entry_size(keylen, wide),
+                                                  coalesce_value_charge(value));
   bool too_big = charge > cache->max_value || charge > s->budget;
 
   /* Build the entry before locking: the lock covers only the links. */
   entry_t *e = NULL;
   if (!too_big) {
-    e = malloc(sizeof(*e) + keylen);
+    e = malloc(entry_size(keylen, wide));
     if (e == NULL)
       return COALESCE_ENOMEM;
-    e->hash = hash;
+    e->hash = (uint32_t)hash;
     e->value = coalesce_value_ref(value);
-    e->ttl = *ttl;
-    e->charge = charge;
-    e->keylen = keylen;
+    e->keylen = (uint32_t)keylen;
+    e->wide = wide;
+    entry_set_ttl(e, ttl);
     atomic_init(&e->visited, false);
     if (keylen > 0)
       memcpy(e->key, key, keylen);
@@ -408,7 +522,9 @@ int coalesce_cache_get(coalesce_cache_t *cache, const void *key, size_t keylen,
   entry_t *e = shard_find(s, hash, key, keylen);
   if (e != NULL) {
     uint64_t elapsed = entry_elapsed(e, now);
-    const coalesce_ttl_t *t = &e->ttl;
+    coalesce_ttl_t ttl;
+    entry_ttl(e, &ttl);
+    const coalesce_ttl_t *t = &ttl;
     if (elapsed < ttl_total(t)) {
       out->value = coalesce_value_ref(e->value);
       if (elapsed < t->fresh_ns)
@@ -451,23 +567,55 @@ int coalesce_cache_touch(coalesce_cache_t *cache, const void *key,
   COALESCE__CHECK(cache, COALESCE__MAGIC_CACHE);
   if (!key_valid(key, keylen) || !ttl_valid(ttl))
     return COALESCE_EINVAL;
+  if (keylen > UINT32_MAX)
+    return COALESCE_ENOTFOUND; /* never stored */
   uint64_t hash = coalesce__hash(key, keylen);
   shard_t *s = shard_of(cache, hash);
+  /* A compact entry cannot hold a ttl that is not whole milliseconds: a
+   * wide copy, made before locking, may have to take its place. */
+  uint32_t ms[5];
+  entry_t *spare = NULL;
+  if (!ttl_compact(ttl, ms)) {
+    spare = malloc(entry_size(keylen, true));
+    if (spare == NULL)
+      return COALESCE_ENOMEM;
+  }
   uint64_t now = coalesce_clock_now(cache->clock);
 
   entry_t *gone = NULL;
+  uint64_t evicted = 0;
   int rc = COALESCE_ENOTFOUND;
   pthread_rwlock_wrlock(&s->lock);
   entry_t *e = shard_find(s, hash, key, keylen);
   if (e != NULL && entry_expired(e, now)) {
     gone = shard_reclaim(cache, s, e); /* too late to revive */
-  } else if (e != NULL) {
+  } else if (e != NULL && (e->wide || spare == NULL)) {
     e->stored_at = now;
-    e->ttl = *ttl;
+    entry_set_ttl(e, ttl);
+    rc = 0;
+  } else if (e != NULL) {
+    spare->hash = e->hash;
+    spare->value = e->value; /* the reference moves over */
+    spare->keylen = e->keylen;
+    spare->wide = true;
+    atomic_init(&spare->visited,
+                atomic_load_explicit(&e->visited, memory_order_relaxed));
+    memcpy(spare->key, e->key, e->keylen);
+    spare->stored_at = now;
+    entry_set_ttl(spare, ttl);
+    shard_replace(s, e, spare);
+    e->value = NULL;
+    gone = e;
+    spare = NULL;
+    /* it grew: restore the budget (possibly evicting it) */
+    evicted = shard_make_room(s, 0, now, &gone);
     rc = 0;
   }
   pthread_rwlock_unlock(&s->lock);
   entries_release(gone);
+  free(spare);
+  if (evicted > 0)
+    coalesce__count(&cache->counters, hash, C_EVICTIONS, evicted);
   return rc;
 }
 

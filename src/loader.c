@@ -63,7 +63,7 @@ struct coalesce_load {
   coalesce_source_t source;
   bool caller_owns; /* the caller asked for the handle */
   uint64_t min_stored; /* the load's limits, for the stale fallback */
-  uint64_t max_stale;
+  uint64_t max_stale;  /* max-stale, tightened by stale-if-error */
   uint64_t hash;
   size_t keylen;
   unsigned char key[];
@@ -354,11 +354,24 @@ static void maybe_refresh(coalesce_loader_t *l, const void *key, size_t keylen,
 
 /* Answers `now` for a leader that will not fetch (breaker open, no memory):
  * stale-if-error copy if there is one, else the error. */
+/* How stale a stale-if-error fallback may be: the tighter of the load's
+ * max-stale and its own stale-if-error (0 = no limit). */
+static uint64_t fallback_limit(uint64_t max_stale, uint64_t on_error) {
+  if (max_stale == UINT64_MAX)
+    max_stale = 0;
+  if (max_stale == 0)
+    return on_error;
+  if (on_error == 0)
+    return max_stale;
+  return on_error < max_stale ? on_error : max_stale;
+}
+
 static int answer_error(coalesce_loader_t *l, const void *key, size_t keylen,
                         uint64_t hash, const coalesce_load_opts_t *o, int err,
                         coalesce_load_result_t *now) {
   result_set(now, err, NULL, COALESCE_SRC_MISS, 0);
-  if (!stale_fallback(l, key, keylen, hash, o->min_stored_ns, o->max_stale_ns,
+  if (!stale_fallback(l, key, keylen, hash, o->min_stored_ns,
+                      fallback_limit(o->max_stale_ns, o->max_stale_on_error_ns),
                       now))
     count(l, hash, L_ERRORS);
   return 0;
@@ -406,9 +419,10 @@ static int load_impl(coalesce_loader_t *l, const void *key, size_t keylen,
   }
 
   coalesce_load_t *ld = load_new(l, key, keylen, hash, cb, ud, pending != NULL);
+  uint64_t on_error = fallback_limit(max_stale, opts->max_stale_on_error_ns);
   if (ld != NULL) {
     ld->min_stored = opts->min_stored_ns;
-    ld->max_stale = max_stale;
+    ld->max_stale = on_error;
   }
   if (ld == NULL) {
     coalesce_value_release(have ? lk.value : NULL);

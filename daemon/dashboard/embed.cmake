@@ -1,9 +1,10 @@
 # embed.cmake — compiles the dashboard's files into coalesced: writes one C
 # source (OUT) defining admin_assets[] (admin.h) with the bytes of every
-# file in SRC_DIR except this script. Run at build time, by CMake alone (no
-# xxd, no network):
+# page file in SRC_DIR. Run at build time, by CMake alone (no xxd, no
+# network):
 #   cmake -DSRC_DIR=daemon/dashboard -DOUT=build/.../admin_assets.c -P embed.cmake
-# Served paths: index.html is /dashboard; any other NAME is /NAME.
+# Files: *.html, *.css, *.js, *.svg, *.png (others are ignored). Served
+# paths: index.html is /dashboard; any other NAME is /NAME.
 # Each array gets a trailing NUL not counted in its length, so even an
 # empty file makes a valid C array.
 cmake_minimum_required(VERSION 3.18)
@@ -11,8 +12,9 @@ if(NOT SRC_DIR OR NOT OUT)
   message(FATAL_ERROR "embed.cmake: pass -DSRC_DIR=... -DOUT=...")
 endif()
 
-file(GLOB files RELATIVE ${SRC_DIR} ${SRC_DIR}/*)
-list(REMOVE_ITEM files embed.cmake)
+# Only the kinds a page is made of: editor backups and notes stay out.
+file(GLOB files RELATIVE ${SRC_DIR} ${SRC_DIR}/*.html ${SRC_DIR}/*.css
+     ${SRC_DIR}/*.js ${SRC_DIR}/*.svg ${SRC_DIR}/*.png)
 list(SORT files)
 
 string(REPEAT "[0-9a-f]" 32 sixteen_bytes)
@@ -20,9 +22,6 @@ set(arrays "")
 set(table "")
 set(i 0)
 foreach(name ${files})
-  if(IS_DIRECTORY ${SRC_DIR}/${name})
-    continue()
-  endif()
   get_filename_component(ext ${name} LAST_EXT)
   if(ext STREQUAL ".html")
     set(type "text/html; charset=utf-8")

@@ -22,8 +22,10 @@
  * input fields in order minus the hop-by-hop ones (fixed list, and every
  * name listed by ANY Connection field line — RFC 9110 §7.6.1 lists combine)
  * and minus Content-Length/Age/X-Cache; exactly one Content-Length equal to
- * the body length unless 1xx/204/304; the stored table matches the head;
- * the body is copied and NUL-terminated. After a refresh: same status and
+ * the body length unless 1xx/204/304; the stored table matches the head
+ * and points into it (name, then ": ", then value: no copies); the body
+ * is copied, follows the head and is NUL-terminated; the value holds all
+ * of it, exactly sized. After a refresh: same status and
  * body, the 304's fields win, the other stored fields stay.
  */
 #include <stdint.h>
@@ -202,8 +204,10 @@ static void check_response(const response_t *r, int status,
   CHECK(k == want->n);
   CHECK(content_length_lines == (has_body_length(status) ? 1u : 0u));
 
-  /* The table holds the same fields, NUL-terminated copies. */
+  /* The table holds the same fields, as views of the head's lines, in
+   * order. */
   size_t kept = 0;
+  const char *prev_end = r->head;
   for (size_t j = 0; j < want->n; j++) {
     const hdr_t *w = &want->h[j];
     if (must_drop(want, w->name, w->name_len))
@@ -211,12 +215,27 @@ static void check_response(const response_t *r, int status,
     CHECK(kept < r->n_headers);
     const hdr_t *t = &r->headers[kept++];
     CHECK(t->name_len == w->name_len && t->value_len == w->value_len);
-    CHECK(memcmp(t->name, w->name, w->name_len) == 0 &&
-          t->name[t->name_len] == '\0');
-    CHECK(memcmp(t->value, w->value, w->value_len) == 0 &&
-          t->value[t->value_len] == '\0');
+    CHECK(t->name > prev_end && t->name[-1] == '\n');
+    CHECK(t->value == t->name + t->name_len + 2 &&
+          memcmp(t->name + t->name_len, ": ", 2) == 0);
+    CHECK(t->value + t->value_len + 2 <= r->head + r->head_len &&
+          memcmp(t->value + t->value_len, "\r\n", 2) == 0);
+    CHECK(memcmp(t->name, w->name, w->name_len) == 0);
+    CHECK(memcmp(t->value, w->value, w->value_len) == 0);
+    prev_end = t->value + t->value_len;
   }
   CHECK(kept == r->n_headers);
+  CHECK(r->body == r->head + r->head_len);
+}
+
+/* The response, its table, head and body are the value's data, exactly. */
+static void check_layout(const coalesce_value_t *v) {
+  const response_t *r = response_of(v);
+  CHECK((const void *)r == coalesce_value_data(v));
+  CHECK((const char *)r->headers == (const char *)(r + 1));
+  CHECK(r->head == (const char *)(r->headers + r->n_headers));
+  CHECK(coalesce_value_len(v) == sizeof *r + r->n_headers * sizeof(hdr_t) +
+                                     r->head_len + r->body_len + 1);
 }
 
 /* First field of that name in f (case-insensitive), or NULL. */
@@ -276,7 +295,7 @@ static void check_refresh(const response_t *stored, const response_t *r,
       CHECK(v == NULL);
       continue;
     }
-    const char *want = response_header(stored, s->name, &want_len);
+    const char *want = lookup(stored, s->name, s->name_len, &want_len);
     CHECK(v != NULL && vlen == want_len && memcmp(v, want, vlen) == 0);
   }
 }
@@ -307,6 +326,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     goto out;
   const response_t *r = response_of(v);
   check_response(r, status, f, body, body_len);
+  check_layout(v);
 
   /* Lookups agree with the input's first kept field of each name. */
   for (size_t i = 0; i < f->n; i++) {
@@ -330,6 +350,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   coalesce_value_t *v2 = response_refresh(r, f304->h, f304->n, RECEIVED);
   if (v2 != NULL) {
     check_refresh(r, response_of(v2), f304, merged);
+    check_layout(v2);
     coalesce_value_release(v2);
   }
   coalesce_value_release(v);

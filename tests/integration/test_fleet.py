@@ -126,10 +126,16 @@ class FleetTest(unittest.TestCase):
 
     def test_redis_down_means_local_coalescing_and_no_client_error(self):
         a, b = self.start(2, "--upstream-timeout", "5s")
+        self.assertEqual(a.health().json()["redis"]["state"], "connected")
         self.redis.stop()
         rs = herd(a.port, ["/r?delay_ms=200"] * 50)
         self.assertEqual([r.status for r in rs], [200] * 50)
         self.assertEqual(self.up.total(), 1, "still coalesced locally")
+        h = a.health().json()
+        self.assertEqual(h["status"], "degraded")
+        self.assertEqual(h["redis"]["state"], "degraded")
+        f = a.stats()["fleet"]
+        self.assertGreaterEqual(f["fleet_fallbacks"] + f["redis_errors"], 1)
         # back: fleet mode resumes
         port = self.redis.port
         self.redis = Redis(port)
@@ -140,6 +146,7 @@ class FleetTest(unittest.TestCase):
         self.assertEqual((r1.status, r2.status), (200, 200))
         self.assertEqual(r1.body, r2.body)
         self.assertEqual(self.up.total(), 2)
+        self.assertEqual(a.health().json()["status"], "healthy")
 
 
 if __name__ == "__main__":

@@ -719,5 +719,28 @@ class RoutePolicyConfigTest(unittest.TestCase):
                 self.assertEqual(r.xcache, want[2])
 
 
+class RequestStaleIfErrorTest(DaemonTest):
+    """RFC 5861 §4: a request's own stale-if-error bounds the stale copy
+    it accepts when the upstream fails."""
+    daemon_args = ("--policy", "origin", "--workers", "1", "--stale", "0s",
+                   "--stale-if-error", "5m")
+
+    def test_request_stale_if_error(self):
+        path = "/rsie?cc=max-age%3D1"
+        first = self.d.get(path)
+        self.assertEqual(first.status, 200)
+        time.sleep(1.3)  # now stale; only the stale-if-error window is left
+        self.up.configure("fail=reset")
+        r = self.d.get(path, headers={"Cache-Control": "stale-if-error=0"})
+        self.assertEqual(r.status, 502, r)
+        r = self.d.get(path, headers={"Cache-Control": "stale-if-error=60"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.xcache, "STALE-IF-ERROR")
+        self.assertEqual(r.body, first.body)
+        r = self.d.get(path)
+        self.assertEqual(r.xcache, "STALE-IF-ERROR")
+        self.up.configure("")
+
+
 if __name__ == "__main__":
     unittest.main()

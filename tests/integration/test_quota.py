@@ -62,6 +62,33 @@ class QuotaTest(unittest.TestCase):
         self.assertEqual(self.up.total(), 5)
 
 
+class RateLimitHeadersTest(unittest.TestCase):
+    def setUp(self):
+        self.up = Upstream()
+        self.addCleanup(self.up.stop)
+        self.d = Daemon(self.up.url, "--workers", "1")
+        self.addCleanup(self.d.stop)
+
+    def test_upstream_figures_reach_stats_metrics_and_health(self):
+        r = self.d.get("/rl?ratelimit=100,42,30")
+        self.assertEqual(r.status, 200)
+        q = self.d.stats()["upstreams"]["default"]["quota"]
+        self.assertEqual(q["limit"], 100)
+        self.assertEqual(q["remaining"], 42)
+        self.assertLessEqual(q["reset_in_s"], 30)
+        self.assertFalse(q["low"])
+        m = self.d.metrics()
+        self.assertIn('coalesce_upstream_ratelimit_limit{upstream="default"} 100', m)
+        self.assertIn('coalesce_upstream_ratelimit_remaining{upstream="default"} 42', m)
+        self.assertEqual(self.d.health().json()["status"], "healthy")
+        # below 10 % remaining: degraded
+        self.d.get("/rl2?ratelimit=100,5,30")
+        h = self.d.health()
+        self.assertEqual(h.status, 200)
+        self.assertEqual(h.json()["status"], "degraded")
+        self.assertEqual(h.json()["quota"]["default"], "low")
+
+
 class Upstream429Test(unittest.TestCase):
     def setUp(self):
         self.up = Upstream()

@@ -60,6 +60,34 @@ static void test_value_refcount_and_adopt(void **state) {
   assert_int_equal(freed, 1);
 }
 
+/* A value built in place: the caller's bytes, no copy, one allocation
+ * charged for what it holds, aligned for any object stored in it. */
+static void test_value_alloc_is_filled_in_place(void **state) {
+  (void)state;
+  void *data = NULL;
+  coalesce_value_t *v = coalesce_value_alloc(64, &data);
+  assert_non_null(v);
+  assert_non_null(data);
+  assert_int_equal((uintptr_t)data % _Alignof(max_align_t), 0);
+  memset(data, 'x', 64);
+  assert_ptr_equal(coalesce_value_data(v), data);
+  assert_int_equal(coalesce_value_len(v), 64);
+  assert_true(coalesce_value_charge(v) >= 64);
+  assert_true(coalesce_value_charge(v) <= 64 + 32); /* a small header only */
+  assert_ptr_equal(coalesce_value_ref(v), v);
+  coalesce_value_release(v);
+  assert_memory_equal(coalesce_value_data(v), "xxxx", 4);
+  coalesce_value_release(v);
+
+  coalesce_value_t *z = coalesce_value_alloc(0, &data);
+  assert_non_null(z);
+  assert_int_equal(coalesce_value_len(z), 0);
+  coalesce_value_release(z);
+  assert_null(coalesce_value_alloc(SIZE_MAX, &data));
+  assert_null(data);
+  assert_null(coalesce_value_alloc(8, NULL));
+}
+
 static void test_stats_derive_matches_design(void **state) {
   (void)state;
   /* DESIGN.md §3: 200 cold requests for one key -> 199 coalesced, 99.5 % */
@@ -93,6 +121,7 @@ int main(void) {
       cmocka_unit_test(test_strerror_covers_every_code),
       cmocka_unit_test(test_fake_clock_is_injected),
       cmocka_unit_test(test_value_refcount_and_adopt),
+      cmocka_unit_test(test_value_alloc_is_filled_in_place),
       cmocka_unit_test(test_stats_derive_matches_design),
       cmocka_unit_test(test_counters_sum_across_slots),
   };

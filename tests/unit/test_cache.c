@@ -279,6 +279,84 @@ static void test_touch_restarts_windows(void **state) {
   coalesce_cache_free(c);
 }
 
+/* Entries keep whole-millisecond windows compactly; any other ttl (odd
+ * nanoseconds, or past the compact range) must come back exactly, cost
+ * more, and survive a touch that switches an entry between the two. */
+static void test_windows_kept_exactly(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  coalesce_cache_t *c = make_cache(&fc, 0, 0, 1);
+  coalesce_ttl_t odd = {SEC(1) + 1, 7, MS(3) + 999, 123456789, 1};
+  coalesce_ttl_t long_ = {SEC(86400) * 60, SEC(1), 0, 0, SEC(86400) * 400};
+  assert_int_equal(put_str(c, "o", "v", &odd), 0);
+  assert_int_equal(put_str(c, "l", "v", &long_), 0);
+  coalesce_lookup_t lk;
+  assert_int_equal(coalesce_cache_get(c, "o", 1, &lk), 0);
+  assert_memory_equal(&lk.ttl, &odd, sizeof odd);
+  assert_int_equal(lk.age_ns, 123456789);
+  coalesce_value_release(lk.value);
+  assert_int_equal(coalesce_cache_get(c, "l", 1, &lk), 0);
+  assert_memory_equal(&lk.ttl, &long_, sizeof long_);
+  coalesce_value_release(lk.value);
+  /* the fresh window ends at exactly 1 s + 1 ns */
+  fake_clock_advance(&fc, SEC(1));
+  assert_int_equal(expect_str(c, "o", "v"), COALESCE_FRESH);
+  fake_clock_advance(&fc, 1);
+  assert_int_equal(expect_str(c, "o", "v"), COALESCE_STALE);
+
+  /* a wide entry costs more than a compact one of the same key/value */
+  coalesce_value_t *v = coalesce_value_new("v", 1);
+  assert_int_equal(coalesce_cache_put(c, "k", 1, v, &LONG_TTL), 0);
+  coalesce_stats_t before = stats_of(c);
+  assert_int_equal(coalesce_cache_touch(c, "k", 1, &odd), 0);
+  coalesce_stats_t after = stats_of(c);
+  assert_int_equal(after.cache_entries, before.cache_entries);
+  assert_true(after.cache_bytes > before.cache_bytes);
+  assert_int_equal(coalesce_cache_get(c, "k", 1, &lk), 0);
+  assert_ptr_equal(lk.value, v); /* the same value, moved over */
+  assert_memory_equal(&lk.ttl, &odd, sizeof odd);
+  assert_int_equal(lk.stored_at_ns, coalesce_clock_now(&fc.clock));
+  coalesce_value_release(lk.value);
+  /* back to whole milliseconds: the wide entry holds that too */
+  assert_int_equal(coalesce_cache_touch(c, "k", 1, &LONG_TTL), 0);
+  assert_int_equal(coalesce_cache_get(c, "k", 1, &lk), 0);
+  assert_memory_equal(&lk.ttl, &LONG_TTL, sizeof LONG_TTL);
+  coalesce_value_release(lk.value);
+  assert_int_equal(stats_of(c).cache_bytes, after.cache_bytes);
+  /* deleting it returns every byte */
+  assert_int_equal(coalesce_cache_delete(c, "k", 1), 0);
+  assert_int_equal(coalesce_cache_delete(c, "o", 1), 0);
+  assert_int_equal(coalesce_cache_delete(c, "l", 1), 0);
+  assert_int_equal(stats_of(c).cache_bytes, 0);
+  coalesce_value_release(v);
+  coalesce_cache_free(c);
+}
+
+/* A touch that makes an entry wide in a full shard stays within budget. */
+static void test_touch_wide_keeps_budget(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  coalesce_value_t *v = coalesce_value_new("vvvvvvvv", 8);
+  size_t ch = coalesce_cache_entry_charge(2, v);
+  coalesce_cache_t *c = make_cache(&fc, 3 * ch, 3 * ch, 1);
+  assert_int_equal(coalesce_cache_put(c, "k0", 2, v, &LONG_TTL), 0);
+  assert_int_equal(coalesce_cache_put(c, "k1", 2, v, &LONG_TTL), 0);
+  assert_int_equal(coalesce_cache_put(c, "k2", 2, v, &LONG_TTL), 0);
+  assert_int_equal(stats_of(c).cache_bytes, 3 * ch);
+  coalesce_ttl_t odd = {SEC(100) + 1, 0, 0, 0, 0};
+  assert_int_equal(coalesce_cache_touch(c, "k2", 2, &odd), 0);
+  coalesce_stats_t s = stats_of(c);
+  assert_true(s.cache_bytes <= 3 * ch);
+  assert_int_equal(s.cache_entries, 2);
+  assert_int_equal(s.cache_evictions, 1);
+  expect_miss(c, "k0"); /* the oldest unvisited entry made room */
+  assert_int_equal(expect_str(c, "k2", "vvvvvvvv"), COALESCE_FRESH);
+  coalesce_value_release(v);
+  coalesce_cache_free(c);
+}
+
 /* ---------------------------------------------------------------- eviction */
 
 /* One shard holding exactly n entries of key "kN" / value "vvvvvvvv". */
@@ -687,6 +765,8 @@ int main(void) {
       cmocka_unit_test(test_replace_keeps_accounting),
       cmocka_unit_test(test_windows_and_age),
       cmocka_unit_test(test_touch_restarts_windows),
+      cmocka_unit_test(test_windows_kept_exactly),
+      cmocka_unit_test(test_touch_wide_keeps_budget),
       cmocka_unit_test(test_sieve_evicts_unvisited_first),
       cmocka_unit_test(test_sieve_hot_key_survives_scan),
       cmocka_unit_test(test_budget_split_between_shards),

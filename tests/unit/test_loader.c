@@ -472,6 +472,31 @@ static void test_min_stored_and_max_stale(void **state) {
   coalesce_value_release(c.res.value);
 }
 
+/* A request's stale-if-error bounds the fallback copy (RFC 5861 §4). */
+static void test_request_stale_if_error_limits_fallback(void **state) {
+  rig_t *r = *state;
+  coalesce_load_result_t now;
+  answer_t a = {0};
+  assert_int_equal(load(r, "sie", &a, &now), COALESCE_PENDING);
+  finish(r, 0, 0, "kept", 0);
+  coalesce_value_release(a.res.value);
+  fake_clock_advance(&r->fc, SEC(40)); /* 35 s stale: sie window only */
+  r->opts.max_stale_on_error_ns = SEC(10); /* the client accepts 10 s */
+  answer_t b = {0};
+  assert_int_equal(load(r, "sie", &b, &now), COALESCE_PENDING);
+  finish(r, 1, COALESCE_EFETCH, "down", 0);
+  assert_int_equal(b.res.err, COALESCE_EFETCH); /* too stale for it */
+  coalesce_value_release(b.res.value);
+  r->opts.max_stale_on_error_ns = SEC(60); /* this one accepts a minute */
+  answer_t c = {0};
+  assert_int_equal(load(r, "sie", &c, &now), COALESCE_PENDING);
+  finish(r, 2, COALESCE_EFETCH, "down", 0);
+  assert_int_equal(c.res.err, 0);
+  assert_int_equal(c.res.source, COALESCE_SRC_STALE_IF_ERROR);
+  assert_body(c.res.value, "kept");
+  coalesce_value_release(c.res.value);
+}
+
 /* ---- the blocking form under a herd -------------------------------------- */
 
 #define HERD 1000
@@ -600,6 +625,8 @@ int main(void) {
                                       rig_setup, rig_teardown),
       cmocka_unit_test_setup_teardown(test_min_stored_and_max_stale, rig_setup,
                                       rig_teardown),
+      cmocka_unit_test_setup_teardown(
+          test_request_stale_if_error_limits_fallback, rig_setup, rig_teardown),
       cmocka_unit_test_setup_teardown(test_blocking_herd_one_fetch, rig_setup,
                                       rig_teardown),
       cmocka_unit_test_setup_teardown(test_mixed_keys_threads, rig_setup,

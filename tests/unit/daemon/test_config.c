@@ -1,5 +1,6 @@
 /* test_config.c — coalesced's configuration: value parsers, flags, the INI
- * file, precedence and inheritance, route matching and error messages. */
+ * file, precedence and inheritance, route matching and error messages; the
+ * key tables themselves (config_int.h) and docs/config.md against them. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "config_int.h"
 
 #define MS(x) ((uint64_t)(x))
 #define SECS(x) ((uint64_t)(x)*1000)
@@ -896,8 +898,285 @@ static void test_examples_are_valid(void **state) {
   }
 }
 
+/* ------------------------------------------- key tables and docs/config.md */
+
+/* The source tree's path + rel, found from this file's path; false when the
+ * test was built from a relative path (nothing to find the tree by). */
+static bool tree_path(const char *rel, char *out, size_t outlen) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s", __FILE__);
+  char *cut = strstr(dir, "/tests/unit/daemon/");
+  if (cut == NULL)
+    return false;
+  *cut = '\0';
+  snprintf(out, outlen, "%s/%s", dir, rel);
+  return true;
+}
+
+/* The whole file, NUL-terminated (caller frees). */
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    fail_msg("cannot open %s", path);
+  size_t cap = 1 << 16, n = 0, got;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  while ((got = fread(buf + n, 1, cap - 1 - n, f)) > 0) {
+    n += got;
+    if (n + 1 == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+      assert_non_null(buf);
+    }
+  }
+  fclose(f);
+  buf[n] = '\0';
+  return buf;
+}
+
+/* The text of "## HEADING..." up to the next "## " heading, copied (caller
+ * frees); fails the test when the heading is missing. */
+static char *doc_section(const char *doc, const char *heading) {
+  char want[128];
+  snprintf(want, sizeof want, "\n## %s", heading);
+  const char *s = strstr(doc, want);
+  if (s == NULL)
+    fail_msg("docs/config.md has no \"## %s\" section", heading);
+  s += 1;
+  const char *e = strstr(s + 3, "\n## ");
+  size_t n = e != NULL ? (size_t)(e - s) : strlen(s);
+  char *copy = malloc(n + 1);
+  assert_non_null(copy);
+  memcpy(copy, s, n);
+  copy[n] = '\0';
+  return copy;
+}
+
+/* Every row of t (with need_flags, if any) has a table row "| `PREFIXname` |"
+ * in sec; returns how many are missing, naming each. */
+static int missing_rows(const char *sec, const char *heading, const keydef_t *t,
+                        size_t n, const char *prefix, unsigned need_flags) {
+  int missing = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (need_flags != 0 && !(t[i].flags & need_flags))
+      continue;
+    char row[96];
+    snprintf(row, sizeof row, "| `%s%s` |", prefix, t[i].name);
+    if (strstr(sec, row) == NULL) {
+      print_error("docs/config.md: ## %s lacks a row %s\n", heading, row);
+      missing++;
+    }
+  }
+  return missing;
+}
+
+/* docs/config.md documents every key of every table in its own section and
+ * every flag: adding a key or a flag without documenting it fails here. */
+static void test_doc_names_every_key_and_flag(void **state) {
+  (void)state;
+  char path[600];
+  if (!tree_path("docs/config.md", path, sizeof path))
+    skip();
+  char *doc = slurp(path);
+  static const struct {
+    const char *heading;
+    const keydef_t *keys;
+    const size_t *n;
+    const char *prefix;
+    unsigned need;
+  } want[] = {
+      {"`[server]`", cfg_server_keys, &cfg_nserver_keys, "", 0},
+      {"`[cache]`", cfg_cache_keys, &cfg_ncache_keys, "", 0},
+      {"`[cache]`", cfg_route_keys, &cfg_nroute_keys, "", KF_CACHE},
+      {"`[breaker]`", cfg_breaker_keys, &cfg_nbreaker_keys, "", 0},
+      {"`[redis]`", cfg_redis_keys, &cfg_nredis_keys, "", 0},
+      {"`[upstream NAME]`", cfg_upstream_keys, &cfg_nupstream_keys, "", 0},
+      {"`[upstream NAME]`", cfg_breaker_keys, &cfg_nbreaker_keys, "breaker_",
+       0},
+      {"`[route PREFIX]`", cfg_route_keys, &cfg_nroute_keys, "", 0},
+  };
+  int missing = 0;
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    char *sec = doc_section(doc, want[i].heading);
+    missing += missing_rows(sec, want[i].heading, want[i].keys, *want[i].n,
+                            want[i].prefix, want[i].need);
+    free(sec);
+  }
+  char *flags = doc_section(doc, "Command-line flags");
+  for (size_t i = 0; i < cfg_nflags; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "`--%s`", cfg_flags[i].name);
+    if (strstr(flags, name) == NULL) {
+      print_error("docs/config.md: Command-line flags lacks %s\n", name);
+      missing++;
+    }
+    if (cfg_flags[i].shortname != 0) {
+      snprintf(name, sizeof name, "`-%c`", cfg_flags[i].shortname);
+      if (strstr(flags, name) == NULL) {
+        print_error("docs/config.md: Command-line flags lacks %s\n", name);
+        missing++;
+      }
+    }
+  }
+  free(flags);
+  free(doc);
+  assert_int_equal(missing, 0);
+}
+
+/* The complete example in docs/config.md loads as it stands and has the
+ * routes the text promises (fixtures batched, odds, live odds). */
+static void test_doc_example_is_valid(void **state) {
+  (void)state;
+  char path[600], err[512];
+  if (!tree_path("docs/config.md", path, sizeof path))
+    skip();
+  char *doc = slurp(path);
+  char *sec = doc_section(doc, "A complete example");
+  char *start = strstr(sec, "```ini\n");
+  assert_non_null(start);
+  start += strlen("```ini\n");
+  char *end = strstr(start, "```");
+  assert_non_null(end);
+  *end = '\0';
+  setenv("APISPORTS_KEY", "k", 1);
+  setenv("COALESCED_ADMIN_TOKEN", "t", 1);
+  config_t *c = load(start, err, sizeof err);
+  if (c == NULL)
+    fail_msg("docs/config.md example: %s", err);
+  assert_int_equal(c->nroutes, 3);
+  const config_route_t *fx = route(c, "/fixtures");
+  assert_non_null(fx->batch_param);
+  assert_string_equal(fx->batch_param, "ids");
+  assert_int_equal(fx->batch_max, 20);
+  assert_null(route(c, "/odds")->batch_param);
+  assert_int_equal(route(c, "/odds/live")->upstream_timeout_ms, SECS(3));
+  assert_int_equal(upstream(c, fx)->breaker.open_ms, MINS(2));
+  config_free(c);
+  free(sec);
+  free(doc);
+}
+
+/* The explicit-key masks are 64 bits, and [cache] shares one between its own
+ * table (bits 0..31) and the route table's KF_CACHE rows (bits 32..63);
+ * names are unique wherever two tables meet in one section. */
+static void test_key_tables_fit_their_masks(void **state) {
+  (void)state;
+  assert_true(cfg_ncache_keys <= 32);
+  assert_true(cfg_nroute_keys <= 32);
+  assert_true(cfg_nupstream_keys <= 64 && cfg_nbreaker_keys <= 64);
+  assert_true(cfg_nserver_keys <= 64 && cfg_nredis_keys <= 64);
+  size_t idx;
+  for (size_t i = 0; i < cfg_nroute_keys; i++) {
+    const keydef_t *k = &cfg_route_keys[i];
+    assert_ptr_equal(
+        cfg_lookup(cfg_route_keys, cfg_nroute_keys, k->name, 0, &idx),
+        k); /* unique in its table */
+    assert_int_equal(idx, i);
+    if (k->flags & KF_CACHE)
+      assert_null(
+          cfg_lookup(cfg_cache_keys, cfg_ncache_keys, k->name, 0, &idx));
+  }
+  for (size_t i = 0; i < cfg_nupstream_keys; i++)
+    assert_true(strncmp(cfg_upstream_keys[i].name, "breaker_", 8) != 0);
+  /* cfg_key_set reads the bit of a row by its index */
+  const keydef_t *ttl =
+      cfg_lookup(cfg_route_keys, cfg_nroute_keys, "ttl", 0, &idx);
+  assert_non_null(ttl);
+  assert_true(cfg_key_set(UINT64_C(1) << idx, cfg_route_keys, ttl));
+  assert_false(cfg_key_set(~(UINT64_C(1) << idx), cfg_route_keys, ttl));
+}
+
+/* Every default in the tables parses, and config_new applies it: setting a
+ * key to its own default through config_set changes nothing printed. */
+static void test_table_defaults_apply(void **state) {
+  (void)state;
+  config_t *a = config_new();
+  assert_non_null(a);
+  char err[512];
+  static const struct {
+    const char *section;
+    const keydef_t *keys;
+    const size_t *n;
+  } sets[] = {{"server", cfg_server_keys, &cfg_nserver_keys},
+              {"cache", cfg_cache_keys, &cfg_ncache_keys},
+              {"cache", cfg_route_keys, &cfg_nroute_keys},
+              {"breaker", cfg_breaker_keys, &cfg_nbreaker_keys},
+              {"redis", cfg_redis_keys, &cfg_nredis_keys}};
+  char before[8192] = "", after[8192] = "";
+  assert_int_equal(
+      config_set(a, "upstream u", "url", "http://x", NULL, err, sizeof err), 0);
+  config_t *b = config_new();
+  assert_non_null(b);
+  assert_int_equal(
+      config_set(b, "upstream u", "url", "http://x", NULL, err, sizeof err), 0);
+  for (size_t s = 0; s < sizeof sets / sizeof sets[0]; s++) {
+    for (size_t i = 0; i < *sets[s].n; i++) {
+      const keydef_t *k = &sets[s].keys[i];
+      if (k->def == NULL ||
+          (sets[s].keys == cfg_route_keys && !(k->flags & KF_CACHE)))
+        continue;
+      if (config_set(b, sets[s].section, k->name, k->def, NULL, err,
+                     sizeof err) != 0)
+        fail_msg("default of [%s] %s: %s", sets[s].section, k->name, err);
+    }
+  }
+  assert_int_equal(config_finalize(a, err, sizeof err), 0);
+  assert_int_equal(config_finalize(b, err, sizeof err), 0);
+  FILE *f = fmemopen(before, sizeof before - 1, "w");
+  config_print(a, f);
+  fclose(f);
+  f = fmemopen(after, sizeof after - 1, "w");
+  config_print(b, f);
+  fclose(f);
+  assert_string_equal(before, after);
+  /* and the defaults are the documented ones, not zeroes */
+  assert_int_equal(a->server.listen.port, 8080);
+  assert_int_equal(a->cache.max_bytes, 256 * MIB);
+  assert_int_equal(a->breaker.open_ms, SECS(30));
+  assert_int_equal(a->defaults.ttl_ms, SECS(5));
+  config_free(a);
+  config_free(b);
+}
+
+/* Every flag that sets a key names a key that exists in its section. */
+static void test_flags_name_real_keys(void **state) {
+  (void)state;
+  size_t idx;
+  for (size_t i = 0; i < cfg_nflags; i++) {
+    const flag_t *f = &cfg_flags[i];
+    if (f->section == NULL)
+      continue;
+    const keydef_t *found = NULL;
+    if (strcmp(f->section, "server") == 0)
+      found = cfg_lookup(cfg_server_keys, cfg_nserver_keys, f->key, 0, &idx);
+    else if (strcmp(f->section, "cache") == 0)
+      found =
+          cfg_lookup(cfg_route_keys, cfg_nroute_keys, f->key, KF_CACHE, &idx);
+    else if (strcmp(f->section, "redis") == 0)
+      found = cfg_lookup(cfg_redis_keys, cfg_nredis_keys, f->key, 0, &idx);
+    else if (strncmp(f->section, "upstream ", 9) == 0)
+      found =
+          cfg_lookup(cfg_upstream_keys, cfg_nupstream_keys, f->key, 0, &idx);
+    if (found == NULL)
+      fail_msg("--%s sets [%s] %s, which is not a key", f->name, f->section,
+               f->key);
+  }
+}
+
+/* A global upstream timeout of 0 would leave upstreams without one. */
+static void test_global_upstream_timeout_zero_is_refused(void **state) {
+  (void)state;
+  run_t r;
+  run_args(&r, "--upstream", "http://127.0.0.1:1", "--upstream-timeout", "0",
+           NULL);
+  assert_int_equal(r.action, CONFIG_ERROR);
+  assert_non_null(strstr(r.err, "upstream_timeout"));
+  assert_null(r.cfg);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_global_upstream_timeout_zero_is_refused),
       cmocka_unit_test(test_durations),
       cmocka_unit_test(test_sizes),
       cmocka_unit_test(test_args_defaults),
@@ -913,6 +1192,11 @@ int main(void) {
       cmocka_unit_test(test_file_misc_errors),
       cmocka_unit_test(test_check_config_round_trip),
       cmocka_unit_test(test_examples_are_valid),
+      cmocka_unit_test(test_doc_names_every_key_and_flag),
+      cmocka_unit_test(test_doc_example_is_valid),
+      cmocka_unit_test(test_key_tables_fit_their_masks),
+      cmocka_unit_test(test_table_defaults_apply),
+      cmocka_unit_test(test_flags_name_real_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -79,6 +80,71 @@ static void test_304_refresh_merges_fields(void **state) {
   assert_int_equal(r->status, 200);
   coalesce_value_release(v);
   coalesce_value_release(r2);
+}
+
+/* A stored response is one exactly-sized allocation whose field table
+ * points into the head instead of copying the fields (memory per cache
+ * entry, DESIGN.md §6). */
+static void test_one_allocation_fields_point_into_head(void **state) {
+  (void)state;
+  hdr_t h[] = {H("Content-Type", "application/json"), H("ETag", "\"v1\""),
+               H("X-Empty", "")};
+  coalesce_value_t *v = make(200, h, 3, "{\"a\":1}");
+  const response_t *r = response_of(v);
+  assert_int_equal(r->n_headers, 3);
+  for (size_t i = 0; i < r->n_headers; i++) {
+    const hdr_t *f = &r->headers[i];
+    assert_true(f->name >= r->head && f->name + f->name_len <= r->head + r->head_len);
+    assert_ptr_equal(f->value, f->name + f->name_len + 2); /* "name: value" */
+    assert_memory_equal(f->name, h[i].name, h[i].name_len);
+    assert_memory_equal(f->value, h[i].value, h[i].value_len);
+  }
+  /* the value's own data holds everything: struct, table, head, body */
+  const char *base = coalesce_value_data(v);
+  assert_ptr_equal(r, base);
+  assert_true(r->head > base && r->body > r->head);
+  assert_ptr_equal(r->body, r->head + r->head_len);
+  assert_int_equal(r->body[r->body_len], '\0');
+  size_t need = sizeof(response_t) + 3 * sizeof(hdr_t) + r->head_len +
+                r->body_len + 1;
+  assert_int_equal(coalesce_value_len(v), need);
+  assert_true(coalesce_value_charge(v) >= need);
+  assert_true(coalesce_value_charge(v) <= need + 32); /* no slack, no copies */
+  /* lookups return lengths: values are not NUL-terminated */
+  size_t len = 99;
+  const char *et = response_header(r, "ETAG", &len);
+  assert_int_equal(len, 4);
+  assert_memory_equal(et, "\"v1\"\r\n", 6);
+  assert_non_null(response_header(r, "x-empty", &len));
+  assert_int_equal(len, 0);
+  coalesce_value_release(v);
+}
+
+/* The hand-written tail formats exactly like the snprintf it replaced,
+ * truncation included. */
+static void test_tail_matches_snprintf(void **state) {
+  (void)state;
+  const char *xc[] = {"HIT", "STALE-IF-ERROR", ""};
+  const uint64_t ages[] = {0, 7, 10, 1234567, UINT64_MAX};
+  const char *extra[] = {NULL, "Retry-After: 3\r\n"};
+  const size_t caps[] = {1, 5, 20, 40, 128, 192};
+  for (size_t a = 0; a < 3; a++)
+    for (size_t b = 0; b < 5; b++)
+      for (size_t c = 0; c < 2; c++)
+        for (size_t d = 0; d < 2; d++)
+          for (size_t e = 0; e < 6; e++) {
+            char want[256], got[256];
+            int n = snprintf(want, caps[e], "X-Cache: %s\r\nAge: %llu\r\n%s%s\r\n",
+                             xc[a], (unsigned long long)ages[b],
+                             c ? "Connection: close\r\n" : "",
+                             extra[d] ? extra[d] : "");
+            size_t wl = (size_t)n < caps[e] ? (size_t)n : caps[e] - 1;
+            memset(got, 'Z', sizeof got);
+            size_t gl = response_tail(got, caps[e], xc[a], ages[b], c != 0,
+                                      extra[d]);
+            assert_int_equal(gl, wl);
+            assert_memory_equal(got, want, wl + 1); /* with the NUL */
+          }
 }
 
 static policy_route_t route(policy_mode_t m) {
@@ -186,6 +252,8 @@ int main(void) {
       cmocka_unit_test(test_head_is_prebuilt_without_hop_by_hop),
       cmocka_unit_test(test_split_attempts_are_dropped),
       cmocka_unit_test(test_304_refresh_merges_fields),
+      cmocka_unit_test(test_one_allocation_fields_point_into_head),
+      cmocka_unit_test(test_tail_matches_snprintf),
       cmocka_unit_test(test_private_answers_are_neither_stored_nor_shared),
       cmocka_unit_test(test_override_uses_route_ttl_and_statuses),
       cmocka_unit_test(test_origin_freshness),
