@@ -216,6 +216,7 @@ static json_t *upstream_json(app_t *app, const app_upstream_t *e) {
   }
   ok = put(o, "breaker", breaker_json(e->breaker)) && ok &&
        put(o, "calls", jcount(UGET(calls))) &&
+       put(o, "hidden_retries", jcount(UGET(hidden_retries))) &&
        put(o, "transport_errors", jcount(UGET(transport_errors))) &&
        put(o, "timeouts", jcount(UGET(timeouts))) &&
        put(o, "status_429", jcount(UGET(status_429))) &&

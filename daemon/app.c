@@ -214,6 +214,8 @@ void app_stats(app_t *app, coalesce_stats_t *s) {
     saved = s->api_calls_made;
   s->api_calls_made -= saved;
   s->api_calls_saved += saved;
+  /* requests libcurl re-sent on its own reached the upstream too */
+  s->api_calls_made += metrics_get(&app->metrics->hidden_retries);
   s->hit_rate_percent =
       s->total_requests == 0
           ? 0.0

@@ -61,6 +61,8 @@ typedef struct app {
   _Atomic bool seen_vary;
   _Atomic bool seen_invalidation;
   _Atomic bool draining; /* SIGTERM received */
+  _Atomic unsigned connections; /* client connections, all workers: the
+                                   process-wide max_connections */
 } app_t;
 
 static inline config_t *app_config(app_t *app) {

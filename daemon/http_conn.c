@@ -67,6 +67,8 @@ static void conn_maybe_free(http_conn_t *c) {
   c->magic = 0;
   free(c);
   atomic_fetch_sub_explicit(&s->nconns, 1, memory_order_relaxed);
+  if (s->opts.conn_counter != NULL)
+    atomic_fetch_sub_explicit(s->opts.conn_counter, 1, memory_order_relaxed);
   http_server_maybe_done(s);
 }
 
@@ -537,6 +539,8 @@ void http_conn_accept(http_server_t *s, http_conn_t *c) {
     s->conns->prev = c;
   s->conns = c;
   atomic_fetch_add_explicit(&s->nconns, 1, memory_order_relaxed);
+  if (s->opts.conn_counter != NULL)
+    atomic_fetch_add_explicit(s->opts.conn_counter, 1, memory_order_relaxed);
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) < 0) {
     conn_close(c);
     return;

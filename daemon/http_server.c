@@ -77,8 +77,10 @@ static void on_connection(uv_stream_t *ls, int status) {
     return;
   }
   unsigned max = s->opts.max_connections;
+  _Atomic unsigned *count =
+      s->opts.conn_counter != NULL ? s->opts.conn_counter : &s->nconns;
   http_conn_t *c = NULL;
-  if ((max && atomic_load_explicit(&s->nconns, memory_order_relaxed) >= max) ||
+  if ((max && atomic_load_explicit(count, memory_order_relaxed) >= max) ||
       !(c = calloc(1, sizeof *c))) {
     reject_overloaded(s);
     return;

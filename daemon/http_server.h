@@ -53,6 +53,7 @@
 #define COALESCED_HTTP_SERVER_H
 
 #include <http_parser.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -109,6 +110,9 @@ typedef struct http_server_opts {
   int backlog;                /* listen(2) backlog; default 511 */
   unsigned max_connections;   /* beyond it: 503 overloaded + close; default 0:
                                  unlimited */
+  _Atomic unsigned *conn_counter; /* optional: a counter several servers
+                                     share, so max_connections holds for
+                                     them together (one per process) */
   size_t max_header_bytes;    /* header section (after the request line),
                                  raw bytes; 431 beyond; default 32 KiB */
   unsigned max_headers;       /* header fields; 431 beyond; default 100 */

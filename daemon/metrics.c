@@ -79,9 +79,11 @@ void metrics_reset(metrics_t *m) {
   zero(m->by_status_class, 6);
   zero(m->errors, METRIC_ERR_COUNT);
   atomic_store(&m->passthrough, 0);
+  atomic_store(&m->hidden_retries, 0);
   for (size_t i = 0; i < m->nupstreams; i++) {
     metrics_upstream_t *u = &m->upstreams[i];
     atomic_store(&u->calls, 0);
+    atomic_store(&u->hidden_retries, 0);
     atomic_store(&u->transport_errors, 0);
     atomic_store(&u->timeouts, 0);
     atomic_store(&u->status_429, 0);
@@ -124,4 +126,14 @@ void metrics_upstream_call(metrics_t *m, int upstream, int status,
     b++;
   metrics_add(&u->latency_bucket[b], 1);
   metrics_add(&u->latency_sum_us, latency_us);
+}
+
+void metrics_upstream_attempts(metrics_t *m, int upstream, unsigned attempts) {
+  if (attempts <= 1)
+    return;
+  metrics_add(&m->hidden_retries, attempts - 1);
+  if (upstream >= 0 && (size_t)upstream < m->nupstreams) {
+    metrics_add(&m->upstreams[upstream].calls, attempts - 1);
+    metrics_add(&m->upstreams[upstream].hidden_retries, attempts - 1);
+  }
 }

@@ -46,6 +46,7 @@ extern const double metrics_latency_bounds[METRIC_LATENCY_BUCKETS];
 
 typedef struct metrics_upstream {
   _Atomic uint64_t calls;        /* upstream calls completed */
+  _Atomic uint64_t hidden_retries; /* of which libcurl re-sent by itself */
   _Atomic uint64_t transport_errors;
   _Atomic uint64_t timeouts;
   _Atomic uint64_t status_class[6]; /* [1..5] = 1xx..5xx */
@@ -59,6 +60,7 @@ typedef struct metrics {
   _Atomic uint64_t by_status_class[6];
   _Atomic uint64_t errors[METRIC_ERR_COUNT];
   _Atomic uint64_t passthrough;
+  _Atomic uint64_t hidden_retries; /* requests libcurl re-sent by itself */
   size_t nupstreams;
   metrics_upstream_t *upstreams; /* one per configured upstream name */
   char **upstream_names;
@@ -84,6 +86,9 @@ void metrics_error(metrics_t *m, int code);
 /* One completed upstream call (status 0 with transport_err != 0). */
 void metrics_upstream_call(metrics_t *m, int upstream, int status,
                            int transport_err, uint64_t latency_us);
+/* A call that reached the upstream `attempts` times (libcurl re-sends once
+ * on a dead reused connection): counts the extra requests. */
+void metrics_upstream_attempts(metrics_t *m, int upstream, unsigned attempts);
 
 const char *metrics_error_code(int code);
 const char *metrics_source_name(int source);

@@ -312,11 +312,10 @@ static void send_not_modified(preq_t *p, coalesce_value_t *v,
      * NUL-terminated: they point into the head) */
     size_t kl = strlen(keep[i]);
     for (size_t j = 0; j < r->n_headers; j++) {
-      const hdr_t *h = &r->headers[j];
-      if (h->name_len == kl && strncasecmp(h->name, keep[i], kl) == 0) {
+      hdr_t h = response_field(r, j);
+      if (h.name_len == kl && strncasecmp(h.name, keep[i], kl) == 0) {
         int n = snprintf(extra + o, sizeof extra - o, "%.*s: %.*s\r\n",
-                         (int)h->name_len, h->name, (int)h->value_len,
-                         h->value);
+                         (int)h.name_len, h.name, (int)h.value_len, h.value);
         if (n > 0 && (size_t)n < sizeof extra - o)
           o += (size_t)n;
         break;
@@ -908,6 +907,8 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
   app_t *app = fx->app;
   metrics_upstream_call(app->metrics, fx->aup ? fx->aup->metric : -1,
                         resp->status, resp->err, resp->total_time_us);
+  metrics_upstream_attempts(app->metrics, fx->aup ? fx->aup->metric : -1,
+                            resp->attempts);
   coalesce_fetch_result_t res;
   memset(&res, 0, sizeof res);
   if (resp->err != 0) {
@@ -1127,6 +1128,8 @@ static void on_pass_done(void *ud, upstream_response_t *resp) {
   preq_t *p = fx->pass;
   metrics_upstream_call(fx->app->metrics, fx->aup ? fx->aup->metric : -1,
                         resp->status, resp->err, resp->total_time_us);
+  metrics_upstream_attempts(fx->app->metrics, fx->aup ? fx->aup->metric : -1,
+                            resp->attempts);
   metrics_add(&fx->app->metrics->passthrough, 1);
   if (resp->err == 0)
     observe_quota(fx->aup, resp);

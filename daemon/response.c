@@ -217,14 +217,14 @@ coalesce_value_t *response_refresh(const response_t *stored,
     return NULL;
   size_t n = 0;
   for (size_t i = 0; i < stored->n_headers; i++) {
-    const hdr_t *s = &stored->headers[i];
+    hdr_t s = response_field(stored, i);
     bool replaced = false;
     for (size_t j = 0; j < n_headers && !replaced; j++)
       replaced = !name_eq(headers[j].name, headers[j].name_len, "content-length") &&
-                 s->name_len == headers[j].name_len &&
-                 strncasecmp(s->name, headers[j].name, s->name_len) == 0;
+                 s.name_len == headers[j].name_len &&
+                 strncasecmp(s.name, headers[j].name, s.name_len) == 0;
     if (!replaced)
-      merged[n++] = *s;
+      merged[n++] = s;
   }
   for (size_t j = 0; j < n_headers; j++)
     if (!name_eq(headers[j].name, headers[j].name_len, "content-length"))

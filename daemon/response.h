@@ -66,6 +66,13 @@ static inline const response_t *response_of(const coalesce_value_t *v) {
   return (const response_t *)coalesce_value_data(v);
 }
 
+/* Stored field i (< r->n_headers), in the upstream's order, as a view of
+ * the head's bytes (not NUL-terminated). Read fields through this, not
+ * `headers`: the table is meant to shrink to 8 bytes per field. */
+static inline hdr_t response_field(const response_t *r, size_t i) {
+  return r->headers[i];
+}
+
 /* First field of that name (case-insensitive), or NULL. The value is not
  * NUL-terminated: *len (if len is non-NULL) is its length. */
 const char *response_header(const response_t *r, const char *name,

@@ -79,6 +79,7 @@ typedef struct transfer {
   size_t nix, ixcap;
   bool head_done; /* blank line seen: later header lines are trailers */
   bool body_toobig, nomem, head_toobig;
+  unsigned attempts; /* requests put on the wire (see on_prereq) */
 } transfer_t;
 
 struct upstream_client {
@@ -427,6 +428,18 @@ static void transfer_unlink(upstream_client_t *c, transfer_t *t) {
 }
 
 /* Completes t: err is forced (cancel) when nonzero, else derived from rc. */
+#if LIBCURL_VERSION_NUM >= 0x075000
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port) {
+  (void)conn_primary_ip;
+  (void)conn_local_ip;
+  (void)conn_primary_port;
+  (void)conn_local_port;
+  ((transfer_t *)ud)->attempts++;
+  return CURL_PREREQFUNC_OK;
+}
+#endif
+
 static void finish(transfer_t *t, CURLcode rc, int forced_err) {
   upstream_client_t *c = t->c;
   assert(t->magic == TRANSFER_MAGIC);
@@ -447,6 +460,7 @@ static void finish(transfer_t *t, CURLcode rc, int forced_err) {
   r.http_version = map_http_version(version);
   r.total_time_us = total_us > 0 ? (uint64_t)total_us : 0;
   r.reused = status > 0 && nconnects == 0;
+  r.attempts = t->attempts;
 
   upstream_header_t *hdrs = NULL;
   if (t->nix > 0) {
@@ -820,6 +834,13 @@ static int setup_easy(transfer_t *t, const upstream_request_t *req) {
               strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
 
   SET(CURLOPT_PRIVATE, (void *)t);
+#if LIBCURL_VERSION_NUM >= 0x075000
+  /* Called before each request goes out: libcurl re-sends a request on a
+   * new connection when a reused one dies before answering, and a paid
+   * upstream may have billed the first one, so every attempt is counted. */
+  SET(CURLOPT_PREREQFUNCTION, on_prereq);
+  SET(CURLOPT_PREREQDATA, (void *)t);
+#endif
   SET(CURLOPT_URL, req->url);
 #if LIBCURL_VERSION_NUM >= 0x075500
   SET(CURLOPT_PROTOCOLS_STR, "http,https");

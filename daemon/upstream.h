@@ -118,6 +118,9 @@ typedef struct upstream_response {
   size_t body_len;
   uint64_t total_time_us; /* curl's CURLINFO_TOTAL_TIME_T */
   bool reused;            /* a response came on a pooled connection */
+  unsigned attempts;      /* requests sent: 2 when libcurl silently re-sent
+                             it after a reused connection died unanswered
+                             (0 if it never reached the wire) */
   /* private */
   char *body_owned_;
   char errbuf_[128];

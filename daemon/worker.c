@@ -142,10 +142,10 @@ int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port,
   so.on_request = proxy_on_request;
   so.ud = w;
   so.reuseport = true;
-  /* the connection limit is for the whole process: share it out */
-  so.max_connections = cfg->server.max_connections / (app->nworkers ? app->nworkers : 1);
-  if (so.max_connections == 0)
-    so.max_connections = 1;
+  /* the connection limit is for the whole process: one shared counter,
+   * since the kernel spreads connections over the listeners unevenly */
+  so.max_connections = cfg->server.max_connections;
+  so.conn_counter = &app->connections;
   so.max_header_bytes = cfg->server.max_header_bytes;
   so.max_headers = cfg->server.max_headers;
   so.max_uri_bytes = cfg->server.max_uri_bytes;

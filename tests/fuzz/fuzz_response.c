@@ -213,7 +213,8 @@ static void check_response(const response_t *r, int status,
     if (must_drop(want, w->name, w->name_len))
       continue;
     CHECK(kept < r->n_headers);
-    const hdr_t *t = &r->headers[kept++];
+    hdr_t field = response_field(r, kept++);
+    const hdr_t *t = &field;
     CHECK(t->name_len == w->name_len && t->value_len == w->value_len);
     CHECK(t->name > prev_end && t->name[-1] == '\n');
     CHECK(t->value == t->name + t->name_len + 2 &&
@@ -263,10 +264,11 @@ static void check_refresh(const response_t *stored, const response_t *r,
   /* RFC 9111 §4.3.4: the stored fields the 304 does not name, then the
    * 304's own (its Content-Length describes no body: ignored). */
   merged->n = 0;
-  for (size_t i = 0; i < stored->n_headers; i++)
-    if (find(f304, stored->headers[i].name, stored->headers[i].name_len) ==
-        NULL)
-      merged->h[merged->n++] = stored->headers[i];
+  for (size_t i = 0; i < stored->n_headers; i++) {
+    hdr_t s = response_field(stored, i);
+    if (find(f304, s.name, s.name_len) == NULL)
+      merged->h[merged->n++] = s;
+  }
   for (size_t i = 0; i < f304->n; i++)
     if (!name_eq(f304->h[i].name, f304->h[i].name_len, "content-length"))
       merged->h[merged->n++] = f304->h[i];
@@ -286,7 +288,8 @@ static void check_refresh(const response_t *stored, const response_t *r,
   /* Stored fields the 304 does not name stay unless its Connection drops
    * them. */
   for (size_t i = 0; i < stored->n_headers; i++) {
-    const hdr_t *s = &stored->headers[i];
+    hdr_t field = response_field(stored, i);
+    const hdr_t *s = &field;
     if (find(f304, s->name, s->name_len) != NULL || s->name_len >= 256)
       continue;
     size_t vlen = 0, want_len = 0;

@@ -327,7 +327,6 @@ class TestHiddenRetry(unittest.TestCase):
         rc = self.d.stop()
         self.assertEqual(rc, 0, "coalesced exited non-zero:\n" + self.d.proc.final_log)
 
-    @unittest.expectedFailure
     def test_upstream_sees_as_many_calls_as_the_daemon_counts(self):
         self.assertEqual(self.d.get("/warm").status, 200)  # a pooled connection
         r = self.d.get("/x?fail=close")
@@ -403,7 +402,11 @@ class TestStaleIfError(FaultBase):
                 # one flight (a slow machine may start a second one for a
                 # straggler arriving after the first failed)
                 b1 = self.bad_stats()
-                calls = b1["calls"] - b0["calls"]
+                # requests libcurl re-sent by itself on a dead pooled
+                # connection reach the upstream (and are counted) but are
+                # the same flight: one breaker outcome
+                retries = b1["hidden_retries"] - b0["hidden_retries"]
+                calls = b1["calls"] - b0["calls"] - retries
                 self.assertIn(calls, (1, 2))
                 self.assertEqual(b1["breaker"]["failures"] - b0["breaker"]["failures"], calls)
                 self.no_flight_left()

@@ -111,7 +111,6 @@ class MaxConnectionsAcrossWorkersTest(LimitBase):
     ini = "[server]\nmax_connections = 400\n"
     workers = 4
 
-    @unittest.expectedFailure
     def test_limit_is_the_process_total(self):
         socks = self.open_idle(400)
         time.sleep(0.5)

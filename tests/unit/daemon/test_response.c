@@ -93,7 +93,8 @@ static void test_one_allocation_fields_point_into_head(void **state) {
   const response_t *r = response_of(v);
   assert_int_equal(r->n_headers, 3);
   for (size_t i = 0; i < r->n_headers; i++) {
-    const hdr_t *f = &r->headers[i];
+    hdr_t field = response_field(r, i);
+    const hdr_t *f = &field;
     assert_true(f->name >= r->head && f->name + f->name_len <= r->head + r->head_len);
     assert_ptr_equal(f->value, f->name + f->name_len + 2); /* "name: value" */
     assert_memory_equal(f->name, h[i].name, h[i].name_len);
