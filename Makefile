@@ -5,7 +5,8 @@ JOBS ?= $(shell nproc)
 UPSTREAM ?=
 ARGS ?=
 
-.PHONY: all deps build check unit run demo bench fuzz format clean install
+.PHONY: all deps build check unit run demo bench bench-fleet bench-batch fuzz \
+	format clean install
 
 all: build
 
@@ -35,6 +36,14 @@ demo: build
 
 bench: build
 	@bench/run.sh
+
+# Fleet mode: a herd over 1-3 instances with and without Redis, and peers.
+bench-fleet: build
+	@bench/fleet.sh
+
+# Batching off and on for N distinct ids.
+bench-batch: build
+	@bench/batch.sh
 
 fuzz: deps
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz.sh

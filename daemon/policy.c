@@ -60,9 +60,9 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
   ccontrol_t cc;
   cc_init(&cc);
   for (size_t i = 0; i < resp->n_headers; i++) {
-    const hdr_t *h = &resp->headers[i];
-    if (h->name_len == 13 && strncasecmp(h->name, "cache-control", 13) == 0)
-      cc_parse(&cc, h->value, h->value_len);
+    hdr_t h = response_field(resp, i);
+    if (h.name_len == 13 && strncasecmp(h.name, "cache-control", 13) == 0)
+      cc_parse(&cc, h.value, h.value_len);
   }
   v = response_header(resp, "vary", &len);
   bool vary_star = false;

@@ -137,10 +137,10 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
         !add_size(&head, 4))
       return NULL;
   }
-  size_t total = sizeof(response_t);
-  if (kept > UINT32_MAX || kept > (SIZE_MAX - total) / sizeof(hdr_t))
+  /* the table's offsets are 32 bits: so is the head's length */
+  if (head > UINT32_MAX || kept >= UINT32_MAX)
     return NULL;
-  total += kept * sizeof(hdr_t);
+  size_t total = sizeof(response_t) + (kept + 1) * sizeof(response_field_t);
   if (!add_size(&total, head) || !add_size(&total, body_len) ||
       !add_size(&total, 1))
     return NULL;
@@ -149,8 +149,8 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
   if (v == NULL)
     return NULL;
   response_t *r = mem;
-  hdr_t *table = (hdr_t *)(r + 1);
-  char *hp = (char *)(table + kept);
+  response_field_t *table = r->fields;
+  char *hp = (char *)(table + kept + 1);
   char *bp = hp + head;
 
   memcpy(hp, status_line, (size_t)sl);
@@ -178,8 +178,7 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
         r->date = d;
     }
     /* the table points at the line about to be written */
-    table[k] = (hdr_t){hp + hl, h->name_len, hp + hl + h->name_len + 2,
-                       h->value_len};
+    table[k] = (response_field_t){(uint32_t)hl, (uint32_t)h->name_len};
     memcpy(hp + hl, h->name, h->name_len);
     hl += h->name_len;
     memcpy(hp + hl, ": ", 2);
@@ -190,6 +189,7 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
     hl += 2;
     k++;
   }
+  table[kept] = (response_field_t){(uint32_t)hl, 0}; /* the sentinel */
   memcpy(hp + hl, length_line, (size_t)ll);
   hl += (size_t)ll;
   assert(hl == head && k == kept);
@@ -201,7 +201,6 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
   r->head_len = hl;
   r->body = bp;
   r->body_len = body_len;
-  r->headers = table;
   r->n_headers = (uint32_t)kept;
   r->received = received;
   return v;
@@ -239,11 +238,12 @@ const char *response_header(const response_t *r, const char *name,
                             size_t *len) {
   size_t nl = strlen(name);
   for (size_t i = 0; i < r->n_headers; i++) {
-    if (r->headers[i].name_len == nl &&
-        strncasecmp(r->headers[i].name, name, nl) == 0) {
+    const response_field_t *f = &r->fields[i];
+    if (f->name_len == nl && strncasecmp(r->head + f->off, name, nl) == 0) {
+      hdr_t h = response_field(r, i);
       if (len != NULL)
-        *len = r->headers[i].value_len;
-      return r->headers[i].value;
+        *len = h.value_len;
+      return h.value;
     }
   }
   return NULL;

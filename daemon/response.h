@@ -10,9 +10,10 @@
  *
  * Memory (one cache entry each, so every byte counts): the value header,
  * the response_t, its field table, the head and the body are ONE
- * allocation, sized exactly. The field table does not copy the fields: its
- * names and values point into the head's lines, so they are NOT
- * NUL-terminated — always use the lengths.
+ * allocation, sized exactly. The field table does not copy the fields: it
+ * holds 8 bytes per field (where its line starts in the head, its name's
+ * length), and response_field() turns an entry into an hdr_t view of the
+ * head's bytes — NOT NUL-terminated: always use the lengths.
  *
  * Hop-by-hop fields (Connection and the fields it lists, Keep-Alive,
  * Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade) are never stored or
@@ -36,18 +37,26 @@ typedef struct hdr {
   size_t value_len;
 } hdr_t;
 
+/* One stored field: its line "name: value\r\n" starts at head + off; its
+ * value runs to the next entry's line, less the CRLF. The table ends with
+ * a sentinel entry (name_len 0) where the field lines end. */
+typedef struct response_field {
+  uint32_t off;
+  uint32_t name_len;
+} response_field_t;
+
 typedef struct response {
   int status;
-  uint32_t n_headers;
-  const char *head; /* status line + header lines, no final CRLF */
+  uint32_t n_headers; /* stored fields (for policy and revalidation) */
+  const char *head;   /* status line + header lines, no final CRLF */
   size_t head_len;
   const char *body; /* NUL-terminated (not counted in body_len) */
   size_t body_len;
-  hdr_t *headers; /* the stored fields (for policy and revalidation),
-                     pointing into head: not NUL-terminated */
   time_t date;          /* its Date, or the time it arrived */
   time_t received;      /* wall-clock time it arrived */
   uint64_t upstream_age; /* seconds, from its Age field */
+  response_field_t fields[]; /* n_headers + the sentinel; read them with
+                                response_field() */
 } response_t;
 
 /* Builds a response (one allocation with the value; body copied) charged
@@ -67,10 +76,13 @@ static inline const response_t *response_of(const coalesce_value_t *v) {
 }
 
 /* Stored field i (< r->n_headers), in the upstream's order, as a view of
- * the head's bytes (not NUL-terminated). Read fields through this, not
- * `headers`: the table is meant to shrink to 8 bytes per field. */
+ * the head's bytes (not NUL-terminated). */
 static inline hdr_t response_field(const response_t *r, size_t i) {
-  return r->headers[i];
+  const response_field_t *f = &r->fields[i];
+  const char *name = r->head + f->off;
+  const char *value = name + f->name_len + 2;
+  return (hdr_t){name, f->name_len, value,
+                 (size_t)(r->head + f[1].off - 2 - value)};
 }
 
 /* First field of that name (case-insensitive), or NULL. The value is not

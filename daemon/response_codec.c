@@ -58,11 +58,11 @@ int response_encode(const response_t *r, const coalesce_ttl_t *ttl,
     return COALESCE_EINVAL;
   size_t total = HDR_LEN;
   for (size_t i = 0; i < r->n_headers; i++) {
-    const hdr_t *h = &r->headers[i];
-    if (h->name_len > UINT32_MAX || h->value_len > UINT32_MAX ||
-        !name_ok(h->name, h->name_len) || !value_ok(h->value, h->value_len))
+    hdr_t h = response_field(r, i);
+    if (h.name_len > UINT32_MAX || h.value_len > UINT32_MAX ||
+        !name_ok(h.name, h.name_len) || !value_ok(h.value, h.value_len))
       return COALESCE_EINVAL;
-    total += 8 + h->name_len + h->value_len;
+    total += 8 + h.name_len + h.value_len;
   }
   if (r->body_len > SIZE_MAX - total)
     return COALESCE_EINVAL;
@@ -89,12 +89,12 @@ int response_encode(const response_t *r, const coalesce_ttl_t *ttl,
   put_u64(b + 80, r->body_len);
   char *p = b + HDR_LEN;
   for (size_t i = 0; i < r->n_headers; i++) {
-    const hdr_t *h = &r->headers[i];
-    put_u32(p, (uint32_t)h->name_len);
-    put_u32(p + 4, (uint32_t)h->value_len);
-    memcpy(p + 8, h->name, h->name_len);
-    memcpy(p + 8 + h->name_len, h->value, h->value_len);
-    p += 8 + h->name_len + h->value_len;
+    hdr_t h = response_field(r, i);
+    put_u32(p, (uint32_t)h.name_len);
+    put_u32(p + 4, (uint32_t)h.value_len);
+    memcpy(p + 8, h.name, h.name_len);
+    memcpy(p + 8 + h.name_len, h.value, h.value_len);
+    p += 8 + h.name_len + h.value_len;
   }
   if (r->body_len > 0)
     memcpy(p, r->body, r->body_len);

@@ -23,7 +23,7 @@
  * name listed by ANY Connection field line — RFC 9110 §7.6.1 lists combine)
  * and minus Content-Length/Age/X-Cache; exactly one Content-Length equal to
  * the body length unless 1xx/204/304; the stored table matches the head
- * and points into it (name, then ": ", then value: no copies); the body
+ * and its fields are views of it (name, ": ", value, CRLF); the body
  * is copied, follows the head and is NUL-terminated; the value holds all
  * of it, exactly sized. After a refresh: same status and
  * body, the 304's fields win, the other stored fields stay.
@@ -226,6 +226,12 @@ static void check_response(const response_t *r, int status,
     prev_end = t->value + t->value_len;
   }
   CHECK(kept == r->n_headers);
+  /* the sentinel: where the field lines end (the Content-Length line, if
+   * any, starts) */
+  const char *lines_end =
+      kept ? prev_end + 2 : (const char *)memchr(r->head, '\n', r->head_len) + 1;
+  CHECK(r->fields[kept].name_len == 0 &&
+        r->head + r->fields[kept].off == lines_end);
   CHECK(r->body == r->head + r->head_len);
 }
 
@@ -233,10 +239,10 @@ static void check_response(const response_t *r, int status,
 static void check_layout(const coalesce_value_t *v) {
   const response_t *r = response_of(v);
   CHECK((const void *)r == coalesce_value_data(v));
-  CHECK((const char *)r->headers == (const char *)(r + 1));
-  CHECK(r->head == (const char *)(r->headers + r->n_headers));
-  CHECK(coalesce_value_len(v) == sizeof *r + r->n_headers * sizeof(hdr_t) +
-                                     r->head_len + r->body_len + 1);
+  CHECK(r->head == (const char *)(r->fields + r->n_headers + 1));
+  CHECK(coalesce_value_len(v) ==
+        sizeof *r + (r->n_headers + 1) * sizeof(response_field_t) +
+            r->head_len + r->body_len + 1);
 }
 
 /* First field of that name in f (case-insensitive), or NULL. */

@@ -60,12 +60,11 @@ static void check_same(const response_t *a, const response_t *b) {
         memcmp(a->body, b->body, a->body_len) == 0);
   CHECK(a->n_headers == b->n_headers);
   for (size_t i = 0; i < a->n_headers; i++) {
-    CHECK(a->headers[i].name_len == b->headers[i].name_len);
-    CHECK(memcmp(a->headers[i].name, b->headers[i].name,
-                 a->headers[i].name_len) == 0);
-    CHECK(a->headers[i].value_len == b->headers[i].value_len);
-    CHECK(memcmp(a->headers[i].value, b->headers[i].value,
-                 a->headers[i].value_len) == 0);
+    hdr_t x = response_field(a, i), y = response_field(b, i);
+    CHECK(x.name_len == y.name_len &&
+          memcmp(x.name, y.name, x.name_len) == 0);
+    CHECK(x.value_len == y.value_len &&
+          memcmp(x.value, y.value, x.value_len) == 0);
   }
   CHECK(a->date == b->date && a->received == b->received &&
         a->upstream_age == b->upstream_age);

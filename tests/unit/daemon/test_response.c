@@ -106,7 +106,7 @@ static void test_one_allocation_fields_point_into_head(void **state) {
   assert_true(r->head > base && r->body > r->head);
   assert_ptr_equal(r->body, r->head + r->head_len);
   assert_int_equal(r->body[r->body_len], '\0');
-  size_t need = sizeof(response_t) + 3 * sizeof(hdr_t) + r->head_len +
+  size_t need = sizeof(response_t) + 4 * sizeof(response_field_t) + r->head_len +
                 r->body_len + 1;
   assert_int_equal(coalesce_value_len(v), need);
   assert_true(coalesce_value_charge(v) >= need);

@@ -46,12 +46,11 @@ static void assert_same_response(const response_t *a, const response_t *b) {
   assert_memory_equal(a->body, b->body, a->body_len);
   assert_int_equal(a->n_headers, b->n_headers);
   for (size_t i = 0; i < a->n_headers; i++) {
-    assert_int_equal(a->headers[i].name_len, b->headers[i].name_len);
-    assert_memory_equal(a->headers[i].name, b->headers[i].name,
-                        a->headers[i].name_len);
-    assert_int_equal(a->headers[i].value_len, b->headers[i].value_len);
-    assert_memory_equal(a->headers[i].value, b->headers[i].value,
-                        a->headers[i].value_len);
+    hdr_t x = response_field(a, i), y = response_field(b, i);
+    assert_int_equal(x.name_len, y.name_len);
+    assert_memory_equal(x.name, y.name, x.name_len);
+    assert_int_equal(x.value_len, y.value_len);
+    assert_memory_equal(x.value, y.value, x.value_len);
   }
   assert_int_equal(a->date, b->date);
   assert_int_equal(a->received, b->received);
@@ -230,14 +229,15 @@ static void test_windows_shrink_with_elapsed_time(void **state) {
 
 static void test_unencodable_is_refused(void **state) {
   (void)state;
-  coalesce_value_t *v = sample();
-  response_t r = *response_of(v);
-  hdr_t bad[] = {H("X-A", "line\r\nbreak")};
-  r.headers = bad;
-  r.n_headers = 1;
+  /* response_new keeps a name holding ':' (upstream.c never produces
+   * one); the decoder would refuse it, so the encoder does too */
+  hdr_t bad[] = {H("X:A", "v")};
+  coalesce_value_t *v = response_new(200, bad, 1, "b", 1, 1700000000);
+  assert_non_null(v);
+  assert_int_equal(response_of(v)->n_headers, 1);
   char *buf = NULL;
   size_t len;
-  assert_int_equal(response_encode(&r, &TTL, STORED_MS, &buf, &len),
+  assert_int_equal(response_encode(response_of(v), &TTL, STORED_MS, &buf, &len),
                    COALESCE_EINVAL);
   assert_null(buf);
   coalesce_value_release(v);

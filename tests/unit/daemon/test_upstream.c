@@ -574,7 +574,7 @@ static void test_timeout(void **state) {
 
 static void test_refused_connect_no_secrets(void **state) {
   fx_t *f = *state;
-  int port;
+  int port = 0;
   int fd = bound_socket(&port); /* bound, never listening: refused */
   assert_true(fd >= 0);
   char u[256];
