@@ -36,7 +36,8 @@ _Static_assert(sizeof OVERLOAD_BODY - 1 == 55, "fix Content-Length above");
 
 /* done is NULL only when listen failed half-way. */
 void http_server_maybe_done(http_server_t *s) {
-  if (!s->closing || !s->listener_closed || s->conns != NULL)
+  if (!s->closing || !s->listener_closed || s->conns != NULL ||
+      s->relisten != NULL)
     return;
   s->closing = false; /* once */
   if (s->done)
@@ -70,8 +71,73 @@ static void reject_overloaded(http_server_t *s) {
   uv_close((uv_handle_t *)t, free_handle);
 }
 
+static void on_connection(uv_stream_t *ls, int status);
+static int open_listen_socket(const struct sockaddr_storage *ss, bool reuseport,
+                              int backlog);
+
+#define RELISTEN_MS 200
+
+static void on_relisten(uv_timer_t *t);
+
+/* The listener of a paused server has closed: reopen it later, unless the
+ * server is shutting down meanwhile. */
+static void on_listener_paused(uv_handle_t *h) {
+  http_server_t *s = h->data;
+  s->listener_closed = true;
+  if (s->closing) {
+    http_server_maybe_done(s);
+    return;
+  }
+  uv_timer_start(s->relisten, on_relisten, RELISTEN_MS, 0);
+}
+
+static void on_relisten(uv_timer_t *t) {
+  http_server_t *s = t->data;
+  if (s->closing || !s->paused)
+    return;
+  int fd = open_listen_socket(&s->addr, s->opts.reuseport, s->opts.backlog);
+  if (fd < 0) { /* still out of descriptors: try again */
+    uv_timer_start(s->relisten, on_relisten, RELISTEN_MS, 0);
+    return;
+  }
+  uv_tcp_init(s->loop, &s->listener);
+  s->listener.data = s;
+  s->listener_closed = false;
+  int rc = uv_tcp_open(&s->listener, fd);
+  if (rc < 0)
+    close(fd); /* not adopted by the handle */
+  else
+    rc = uv_listen((uv_stream_t *)&s->listener, s->opts.backlog, on_connection);
+  if (rc < 0) { /* close the handle and try again after the pause */
+    uv_close((uv_handle_t *)&s->listener, on_listener_paused);
+    return;
+  }
+  s->listener_open = true;
+  s->paused = false;
+  LOG_WARN("http_accept_resumed", "port=%u", s->port);
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
   http_server_t *s = ls->data;
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    /* Stop accepting (closing the listener also ends libuv's accept loop,
+     * which would otherwise call us again at once, forever) and retry
+     * shortly; connections already open go on. */
+    if (!s->paused && s->listener_open && !s->closing) {
+      LOG_WARN("http_accept_paused", "err=%s retry_ms=%d",
+               uv_err_name(status), RELISTEN_MS);
+      if (s->relisten == NULL && (s->relisten = malloc(sizeof *s->relisten))) {
+        uv_timer_init(s->loop, s->relisten);
+        s->relisten->data = s;
+      }
+      if (s->relisten != NULL) {
+        s->paused = true;
+        s->listener_open = false;
+        uv_close((uv_handle_t *)&s->listener, on_listener_paused);
+      }
+    }
+    return;
+  }
   if (status < 0) {
     LOG_WARN("http_accept_failed", "err=%s", uv_err_name(status));
     return;
@@ -128,6 +194,13 @@ static int open_listen_socket(const struct sockaddr_storage *ss, bool reuseport,
   return fd;
 }
 
+static void on_relisten_closed(uv_handle_t *h) {
+  http_server_t *s = h->data;
+  free(h);
+  s->relisten = NULL;
+  http_server_maybe_done(s);
+}
+
 static void on_listener_closed(uv_handle_t *h) {
   http_server_t *s = h->data;
   s->listener_closed = true;
@@ -165,6 +238,7 @@ int http_server_listen(uv_loop_t *loop, const char *host, uint16_t port,
   if (!s)
     return UV_ENOMEM;
   s->opts = *opts;
+  s->addr = ss;
   fill_defaults(&s->opts);
   if (opts->server_name && !(s->opts.server_name = strdup(opts->server_name))) {
     free(s);
@@ -219,6 +293,10 @@ void http_server_close(http_server_t *srv, void (*done)(void *ud), void *ud) {
   srv->closing = true;
   srv->done = done;
   srv->done_ud = ud;
+  if (srv->relisten != NULL) {
+    uv_timer_stop(srv->relisten);
+    uv_close((uv_handle_t *)srv->relisten, on_relisten_closed);
+  }
   http_server_stop_accepting(srv);
   /* closing never frees synchronously, so walking the list is safe */
   for (http_conn_t *c = srv->conns; c; c = c->next)

@@ -83,6 +83,11 @@ struct http_server {
   uint16_t port;
   bool listener_open;   /* uv_close not yet called on listener */
   bool listener_closed; /* its close callback has run */
+  /* Out of descriptors (EMFILE): libuv's accept loop would spin on the
+   * readable listener, so it is closed and reopened after a pause. */
+  struct sockaddr_storage addr;
+  uv_timer_t *relisten; /* heap: may outlive a pause; NULL until needed */
+  bool paused;
   bool closing;         /* http_server_close called */
   void (*done)(void *ud);
   void *done_ud;

@@ -426,12 +426,20 @@ class TestStaleIfError(FaultBase):
         self.start(ttl="300ms")
         warm = self.d.get("/bad/s5")
         time.sleep(0.5)
-        self.bad.configure("status=500&delay_ms=100")
+        self.bad.configure("status=500&delay_ms=300")
         rs = herd(self.d.port, ["/bad/s5"] * 10)
-        self.assertEqual(len({(r.status, r.body) for r in rs}), 1, rs[:3])
-        self.assertIn((rs[0].status, rs[0].body), [(500, rs[0].body), (200, warm.body)])
-        self.assertEqual(self.bad.total(), 2)
-        self.assertEqual(self.bad_stats()["breaker"]["failures"], 1)
+        # one flight's answer for all its waiters; a slow machine may start
+        # a second flight for a straggler arriving after the first ended
+        # (a 500 is not cached), never more
+        groups = {(r.status, r.body) for r in rs}
+        flights = self.bad.total() - 1
+        self.assertIn(flights, (1, 2), rs)
+        self.assertLessEqual(len(groups), flights, rs[:3])
+        for status, body in groups:
+            self.assertIn(status, (500, 200))
+            if status == 200:
+                self.assertEqual(body, warm.body, "the stale copy")
+        self.assertEqual(self.bad_stats()["breaker"]["failures"], flights)
         self.bad.configure("")
         self.no_flight_left()
 
