@@ -229,8 +229,8 @@ void http_conn_release(http_conn_t *conn);
 
 /* ---------------------------------------------------------- utilities */
 
-/* "Not Found" for 404; "Unknown" for codes it does not know. */
-const char *http_status_reason(int status);
+/* http_status_reason(): see http_status.h */
+#include "http_status.h"
 
 #define HTTP_DATE_LEN 30 /* "Sun, 06 Nov 1994 08:49:37 GMT" + NUL */
 /* IMF-fixdate of `t`, locale-independent. Returns buf. */

@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "cachecontrol.h"
+#include "http_status.h"
 
 static bool name_eq(const char *a, size_t alen, const char *b) {
   return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
@@ -42,38 +43,6 @@ bool response_is_hop_by_hop(const char *name, size_t len,
   return connection != NULL && listed(name, len, connection, conn_len);
 }
 
-static const char *reason(int status) {
-  switch (status) {
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 203: return "Non-Authoritative Information";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 300: return "Multiple Choices";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 409: return "Conflict";
-  case 410: return "Gone";
-  case 422: return "Unprocessable Content";
-  case 429: return "Too Many Requests";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  default: return "Status";
-  }
-}
 
 /* Fields written per answer or by us, never copied from upstream. */
 static bool per_answer(const char *name, size_t len) {
@@ -118,7 +87,7 @@ coalesce_value_t *response_new(int status, const hdr_t *headers,
    * the struct, the field table, the head and the body. */
   char status_line[64], length_line[48];
   int sl = snprintf(status_line, sizeof status_line, "HTTP/1.1 %d %s\r\n",
-                    status, reason(status));
+                    status, http_status_reason(status));
   int ll = 0;
   /* 1xx, 204 and 304 carry no Content-Length (RFC 9110 §8.6). */
   if (!(status < 200 || status == 204 || status == 304))
