@@ -184,9 +184,8 @@ static void send_error(preq_t *p, int status, int code, const char *message,
 
 static void send_load_error(preq_t *p, int err, coalesce_value_t *msgval,
                             coalesce_source_t src) {
-  const char *msg = msgval ? (const char *)response_of(msgval) : NULL;
   /* an error value carries its message text as plain bytes */
-  msg = msgval ? (const char *)coalesce_value_data(msgval) : NULL;
+  const char *msg = msgval ? (const char *)coalesce_value_data(msgval) : NULL;
   const char *xc = coalesce_source_name(src);
   switch (err) {
   case COALESCE_ETIMEDOUT:
@@ -905,6 +904,15 @@ static coalesce_value_t *build_response(upstream_response_t *resp,
 static void on_fetch_done(void *ud, upstream_response_t *resp) {
   fetchctx_t *fx = ud;
   app_t *app = fx->app;
+  if (resp->err == UPSTREAM_ENOFD) {
+    /* our process is out of descriptors: a local overload, never an
+     * upstream failure (no breaker outcome, no upstream metric) */
+    LOG_WARN("upstream_call", "upstream=%s error=%s",
+             fx->aup ? fx->aup->name : "-", upstream_strerror(resp->err));
+    fail_fetch(fx, COALESCE_EOVERLOADED, COALESCE_RESULT_NO_CALL,
+               upstream_strerror(resp->err));
+    return;
+  }
   metrics_upstream_call(app->metrics, fx->aup ? fx->aup->metric : -1,
                         resp->status, resp->err, resp->total_time_us);
   metrics_upstream_attempts(app->metrics, fx->aup ? fx->aup->metric : -1,
@@ -1142,6 +1150,11 @@ static void on_pass_done(void *ud, upstream_response_t *resp) {
     return;
   }
   http_conn_set_abort(p->conn, NULL, NULL);
+  if (resp->err == UPSTREAM_ENOFD) {
+    send_error(p, 503, METRIC_ERR_OVERLOADED, upstream_strerror(resp->err),
+               "BYPASS", 1);
+    return;
+  }
   if (resp->err != 0) {
     bool timeout = resp->err == UPSTREAM_ETIMEOUT;
     send_error(p, timeout ? 504 : 502,

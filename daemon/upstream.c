@@ -32,6 +32,8 @@
 #include "log.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <sys/socket.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +82,7 @@ typedef struct transfer {
   bool head_done; /* blank line seen: later header lines are trailers */
   bool body_toobig, nomem, head_toobig;
   unsigned attempts; /* requests put on the wire (see on_prereq) */
+  bool nofd;         /* a socket could not be opened: EMFILE / ENFILE */
 } transfer_t;
 
 struct upstream_client {
@@ -428,6 +431,18 @@ static void transfer_unlink(upstream_client_t *c, transfer_t *t) {
 }
 
 /* Completes t: err is forced (cancel) when nonzero, else derived from rc. */
+/* We open upstream sockets ourselves only to tell "this process is out of
+ * descriptors" (a local overload, not an upstream failure: no breaker
+ * outcome) from a refused connection; curl reports both alike. */
+static curl_socket_t on_opensocket(void *ud, curlsocktype purpose,
+                                   struct curl_sockaddr *a) {
+  (void)purpose;
+  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (fd == CURL_SOCKET_BAD && (errno == EMFILE || errno == ENFILE))
+    ((transfer_t *)ud)->nofd = true;
+  return fd;
+}
+
 #if LIBCURL_VERSION_NUM >= 0x075000
 static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
                      int conn_primary_port, int conn_local_port) {
@@ -456,6 +471,8 @@ static void finish(transfer_t *t, CURLcode rc, int forced_err) {
   transfer_unlink(c, t);
 
   r.err = forced_err ? forced_err : map_curl_error(t, rc);
+  if (r.err == UPSTREAM_ECONNECT && t->nofd)
+    r.err = UPSTREAM_ENOFD;
   r.status = (int)status;
   r.http_version = map_http_version(version);
   r.total_time_us = total_us > 0 ? (uint64_t)total_us : 0;
@@ -834,6 +851,8 @@ static int setup_easy(transfer_t *t, const upstream_request_t *req) {
               strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
 
   SET(CURLOPT_PRIVATE, (void *)t);
+  SET(CURLOPT_OPENSOCKETFUNCTION, on_opensocket);
+  SET(CURLOPT_OPENSOCKETDATA, (void *)t);
 #if LIBCURL_VERSION_NUM >= 0x075000
   /* Called before each request goes out: libcurl re-sends a request on a
    * new connection when a reused one dies before answering, and a paid

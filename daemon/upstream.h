@@ -44,7 +44,8 @@
   XX(PROTOCOL, -104, "invalid or truncated upstream response")                 \
   XX(CANCELED, -105, "upstream request canceled")                              \
   XX(NOMEM, -106, "out of memory")                                             \
-  XX(INVAL, -107, "invalid upstream request")
+  XX(INVAL, -107, "invalid upstream request")                                  \
+  XX(NOFD, -108, "out of file descriptors for an upstream connection")
 
 enum upstream_errno {
 #define UPSTREAM_XX_(name, val, msg) UPSTREAM_E##name = (val),
