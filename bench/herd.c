@@ -20,11 +20,14 @@
  * evenly over the URLs, started in the same loop iteration, and every URL
  * sees every key.
  *
- * Latency of a request: from the moment it was started (for the initial
- * batch, the moment all of it had been added, just before the first
- * perform) to the moment its last byte reached the body callback (or, with
- * no Content-Length, the moment this loop saw it complete). It includes
- * the client's own work of opening the herd — what a caller in a herd sees.
+ * Latency of a request, two ways: (1) from the moment it was started (for
+ * the initial batch, the moment all of it had been added, just before the
+ * first perform) — it includes the client's own work of opening the herd on
+ * the same cores; (2) from the moment libcurl was about to write this
+ * request on its connection (CURLOPT_PREREQFUNCTION), as wrk and most load
+ * tools measure — what each caller of a herd sees of the server. Both end
+ * when its last byte reached the body callback (or, with no Content-Length,
+ * when this loop saw it complete).
  * Percentiles use the nearest-rank method over every request, errors
  * included (a timeout's latency is the timeout).
  *
@@ -57,7 +60,9 @@ typedef struct req {
   int status;            /* 0 when no HTTP answer */
   CURLcode err;          /* CURLE_OK when answered */
   double latency_ms;     /* start -> completion seen */
+  double sent_ms;        /* request sent -> completion seen; -1 unknown */
   uint64_t start_ns;     /* monotonic */
+  uint64_t sent_ns;      /* its request was about to be written; 0 unknown */
   uint64_t done_ns;      /* last body byte seen by a callback; 0 unknown */
   int64_t content_length; /* of the final response; -1 unknown */
   uint64_t body_bytes;   /* bytes of body received */
@@ -163,6 +168,17 @@ static size_t on_body(char *buf, size_t size, size_t nmemb, void *ud) {
   return size * nmemb;
 }
 
+/* Called by libcurl on its connection just before it writes the request:
+ * the moment this caller's request leaves, for the from-send latency. */
+static int on_prereq(void *ud, char *conn_primary_ip, char *conn_local_ip,
+                     int conn_primary_port, int conn_local_port) {
+  (void)conn_primary_ip, (void)conn_local_ip;
+  (void)conn_primary_port, (void)conn_local_port;
+  req_t *r = ud;
+  r->sent_ns = now_ns();
+  return CURL_PREREQFUNC_OK;
+}
+
 /* The URL of a request: its --url with `{k}` replaced by its key, or
  * k=NUM appended to the query. */
 static char *url_for(const opts_t *o, const req_t *r) {
@@ -198,6 +214,8 @@ static CURL *easy_for(const opts_t *o, req_t *r) {
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
@@ -239,6 +257,9 @@ static void finish(req_t *r, CURL *e, CURLcode res, uint64_t t) {
   r->err = res;
   uint64_t end = res == CURLE_OK && r->done_ns != 0 ? r->done_ns : t;
   r->latency_ms = (double)(end - r->start_ns) / 1e6;
+  r->sent_ms = r->sent_ns != 0 && end >= r->sent_ns
+                   ? (double)(end - r->sent_ns) / 1e6
+                   : r->latency_ms; /* never sent: the whole wait */
   long code = 0;
   if (res == CURLE_OK)
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
@@ -374,24 +395,55 @@ static int write_csv(const char *path, const req_t *reqs, unsigned long n) {
     fprintf(stderr, "bench_herd: %s: %s\n", path, strerror(errno));
     return -1;
   }
-  fprintf(f, "i,key,status,x_cache,latency_ms,body_bytes,error,url\n");
+  fprintf(f, "i,key,status,x_cache,latency_ms,sent_latency_ms,body_bytes,"
+             "error,url\n");
   for (unsigned long i = 0; i < n; i++)
-    fprintf(f, "%lu,%u,%d,%s,%.3f,%" PRIu64 ",%s,%u\n", i, reqs[i].key,
+    fprintf(f, "%lu,%u,%d,%s,%.3f,%.3f,%" PRIu64 ",%s,%u\n", i, reqs[i].key,
             reqs[i].status, reqs[i].xcache[0] ? reqs[i].xcache : "-",
-            reqs[i].latency_ms, reqs[i].body_bytes,
+            reqs[i].latency_ms, reqs[i].sent_ms, reqs[i].body_bytes,
             reqs[i].err == CURLE_OK ? "" : curl_easy_strerror(reqs[i].err),
             reqs[i].url);
   return fclose(f) == 0 ? 0 : -1;
 }
 
+typedef struct summary {
+  double min, p50, p90, p99, max, mean;
+} summary_t;
+
+/* Percentiles of one latency per request; `from_send` picks which. */
+static summary_t summarise(const req_t *reqs, unsigned long n, bool from_send) {
+  summary_t s = {0};
+  double *lat = malloc(n * sizeof *lat);
+  if (lat == NULL || n == 0) {
+    free(lat);
+    return s;
+  }
+  for (unsigned long i = 0; i < n; i++)
+    lat[i] = from_send ? reqs[i].sent_ms : reqs[i].latency_ms;
+  qsort(lat, n, sizeof *lat, cmp_double);
+  s.p50 = pct(lat, n, 0.50);
+  s.p90 = pct(lat, n, 0.90);
+  s.p99 = pct(lat, n, 0.99);
+  s.min = lat[0];
+  s.max = lat[n - 1];
+  for (unsigned long i = 0; i < n; i++)
+    s.mean += lat[i];
+  s.mean /= (double)n;
+  free(lat);
+  return s;
+}
+
+static void json_summary(const char *name, const summary_t *s) {
+  printf(",\"%s\":{\"min\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,"
+         "\"max\":%.3f,\"mean\":%.3f}",
+         name, s->min, s->p50, s->p90, s->p99, s->max, s->mean);
+}
+
 static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
   hist_t status = {0}, xcache = {0}, errs = {0};
-  double *lat = malloc(o->n * sizeof *lat);
   unsigned long nerr = 0;
   for (unsigned long i = 0; i < o->n; i++) {
     const req_t *r = &reqs[i];
-    if (lat != NULL)
-      lat[i] = r->latency_ms;
     if (r->err != CURLE_OK) {
       nerr++;
       hist_add(&errs, curl_easy_strerror(r->err));
@@ -402,19 +454,7 @@ static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
     hist_add(&status, code);
     hist_add(&xcache, r->xcache[0] ? r->xcache : "(none)");
   }
-  double min = 0, p50 = 0, p90 = 0, p99 = 0, max = 0, mean = 0;
-  if (lat != NULL) {
-    qsort(lat, o->n, sizeof *lat, cmp_double);
-    p50 = pct(lat, o->n, 0.50);
-    p90 = pct(lat, o->n, 0.90);
-    p99 = pct(lat, o->n, 0.99);
-    min = lat[0];
-    max = lat[o->n - 1];
-    for (unsigned long i = 0; i < o->n; i++)
-      mean += lat[i];
-    mean /= (double)o->n;
-    free(lat);
-  }
+  summary_t a = summarise(reqs, o->n, false), b = summarise(reqs, o->n, true);
   if (!o->quiet) {
     FILE *f = o->json ? stderr : stdout;
     fprintf(f, "requests  %lu to %s", o->n, o->urls[0]);
@@ -425,8 +465,13 @@ static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
     text_hist(f, "status", &status);
     text_hist(f, "x-cache", &xcache);
     fprintf(f,
-            "latency   min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f ms\n",
-            min, p50, p90, p99, max);
+            "latency   min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f ms"
+            " (from the herd's start)\n",
+            a.min, a.p50, a.p90, a.p99, a.max);
+    fprintf(f,
+            "          min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f ms"
+            " (from each request's send)\n",
+            b.min, b.p50, b.p90, b.p99, b.max);
     fprintf(f, "errors    %lu", nerr);
     for (size_t i = 0; i < errs.n; i++)
       fprintf(f, "%s%s x%lu", i ? ", " : " (", errs.b[i].label,
@@ -440,9 +485,9 @@ static unsigned long report(const opts_t *o, const req_t *reqs, double wall) {
     json_hist(stdout, "status", &status);
     json_hist(stdout, "x_cache", &xcache);
     json_hist(stdout, "error_kinds", &errs);
-    printf(",\"latency_ms\":{\"min\":%.3f,\"p50\":%.3f,\"p90\":%.3f,"
-           "\"p99\":%.3f,\"max\":%.3f,\"mean\":%.3f}}\n",
-           min, p50, p90, p99, max, mean);
+    json_summary("latency_ms", &a);
+    json_summary("sent_latency_ms", &b);
+    printf("}\n");
   }
   fflush(stdout);
   return nerr;
