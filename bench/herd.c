@@ -6,7 +6,7 @@
  *              [--timeout-ms T] [--keys K] [--header 'H: v']... [--csv FILE]
  *              [--json] [--quiet]
  *
- * One thread, one libcurl multi handle. With C >= N (the default) every
+ * One thread, one libcurl multi handle driven by epoll (socket_action). With C >= N (the default) every
  * request is added to the multi handle before the first curl_multi_perform,
  * so all N connections are opened in the same loop iteration before any
  * answer can complete: that is the herd. With C < N at most C are in flight
@@ -47,8 +47,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #define XCACHE_MAX 24  /* longest X-Cache value kept ("STALE-IF-ERROR") */
 #define MAX_BUCKETS 64 /* distinct statuses / X-Cache values / errors */
@@ -266,24 +268,71 @@ static void finish(req_t *r, CURL *e, CURLcode res, uint64_t t) {
   r->status = (int)code;
 }
 
+/* The event loop libcurl drives through its socket and timer callbacks:
+ * epoll on the sockets libcurl names, one timer. With curl_multi_perform
+ * every call walks all N transfers, so a herd of 1,000 answers arriving at
+ * once cost the client O(N^2) work on the cores it shares with the
+ * servers; curl_multi_socket_action touches only the sockets that are
+ * ready. */
+typedef struct loop {
+  int ep;
+  uint64_t deadline_ns; /* libcurl's timer; 0 = none */
+} loop_t;
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *ud,
+                     void *sockp) {
+  (void)e, (void)sockp;
+  loop_t *l = ud;
+  if (what == CURL_POLL_REMOVE) {
+    epoll_ctl(l->ep, EPOLL_CTL_DEL, s, NULL);
+    return 0;
+  }
+  struct epoll_event ev = {0};
+  ev.data.fd = s;
+  if (what & CURL_POLL_IN)
+    ev.events |= EPOLLIN;
+  if (what & CURL_POLL_OUT)
+    ev.events |= EPOLLOUT;
+  if (epoll_ctl(l->ep, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+    epoll_ctl(l->ep, EPOLL_CTL_ADD, s, &ev);
+  return 0;
+}
+
+static int on_timer(CURLM *m, long ms, void *ud) {
+  (void)m;
+  loop_t *l = ud;
+  l->deadline_ns = ms < 0 ? 0 : now_ns() + (uint64_t)ms * 1000000u;
+  return 0;
+}
+
 /* Runs every request; returns the wall time in ms, or a negative value on a
  * set-up failure. */
 static double run(const opts_t *o, req_t *reqs) {
+  loop_t l = {.ep = epoll_create1(EPOLL_CLOEXEC), .deadline_ns = 0};
   CURLM *m = curl_multi_init();
-  if (m == NULL)
+  if (m == NULL || l.ep < 0) {
+    if (l.ep >= 0)
+      close(l.ep);
+    curl_multi_cleanup(m);
     return -1;
+  }
   curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
   curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
   curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)o->concurrency);
+  curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(m, CURLMOPT_SOCKETDATA, &l);
+  curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, on_timer);
+  curl_multi_setopt(m, CURLMOPT_TIMERDATA, &l);
 
   unsigned long next = 0, running = 0, done = 0;
-  /* the initial batch: all added before the first perform */
+  /* the initial batch: all added before libcurl is first driven */
   while (next < o->n && running < o->concurrency) {
     CURL *e = easy_for(o, &reqs[next]);
     if (e == NULL || curl_multi_add_handle(m, e) != CURLM_OK) {
       fprintf(stderr, "bench_herd: cannot create request %lu\n", next);
       curl_easy_cleanup(e);
       curl_multi_cleanup(m);
+      close(l.ep);
       return -1;
     }
     next++;
@@ -293,9 +342,31 @@ static double run(const opts_t *o, req_t *reqs) {
   for (unsigned long i = 0; i < next; i++)
     reqs[i].start_ns = t0;
 
+  int still = 0;
+  curl_multi_socket_action(m, CURL_SOCKET_TIMEOUT, 0, &still);
+  struct epoll_event evs[256];
   while (done < o->n) {
-    int still = 0;
-    curl_multi_perform(m, &still);
+    int wait = 100;
+    if (l.deadline_ns != 0) {
+      uint64_t now = now_ns();
+      wait = l.deadline_ns <= now ? 0
+                                  : (int)((l.deadline_ns - now + 999999) / 1000000);
+    }
+    int nev = epoll_wait(l.ep, evs, (int)(sizeof evs / sizeof *evs), wait);
+    for (int i = 0; i < nev; i++) {
+      int flags = 0;
+      if (evs[i].events & EPOLLIN)
+        flags |= CURL_CSELECT_IN;
+      if (evs[i].events & EPOLLOUT)
+        flags |= CURL_CSELECT_OUT;
+      if (evs[i].events & (EPOLLERR | EPOLLHUP))
+        flags |= CURL_CSELECT_ERR;
+      curl_multi_socket_action(m, evs[i].data.fd, flags, &still);
+    }
+    if (l.deadline_ns != 0 && now_ns() >= l.deadline_ns) {
+      l.deadline_ns = 0;
+      curl_multi_socket_action(m, CURL_SOCKET_TIMEOUT, 0, &still);
+    }
     uint64_t t = now_ns();
     CURLMsg *msg;
     int left;
@@ -312,8 +383,8 @@ static double run(const opts_t *o, req_t *reqs) {
       running--;
       done++;
     }
-    /* closed loop: replace what finished */
-    bool added = false;
+    /* closed loop: replace what finished (adding a handle sets a 0 ms
+     * timer, which the next turn fires) */
     while (next < o->n && running < o->concurrency) {
       CURL *e = easy_for(o, &reqs[next]);
       if (e == NULL || curl_multi_add_handle(m, e) != CURLM_OK) {
@@ -324,15 +395,13 @@ static double run(const opts_t *o, req_t *reqs) {
       } else {
         reqs[next].start_ns = now_ns();
         running++;
-        added = true;
       }
       next++;
     }
-    if (done < o->n && !added)
-      curl_multi_poll(m, NULL, 0, 100, NULL);
   }
   double wall = (double)(now_ns() - t0) / 1e6;
   curl_multi_cleanup(m);
+  close(l.ep);
   return wall;
 }
 
