@@ -6,6 +6,12 @@
 #include <string.h>
 #include <strings.h>
 
+/* Normalisation works in scratch space of 3x the input (every byte may
+ * become an escape): on the stack for the targets of ordinary requests,
+ * which every hit normalises, on the heap beyond. */
+#define SCRATCH_BYTES 1536
+#define SCRATCH_PARAMS 48
+
 static int hexval(int c) {
   if (c >= '0' && c <= '9')
     return c - '0';
@@ -18,8 +24,7 @@ static int hexval(int c) {
 
 static bool unreserved(int c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-         c == '~';
+         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
 }
 
 /* Percent-normalises in[0..len) into out; -1 on a bad escape, %00 or a
@@ -39,7 +44,8 @@ static long pct_normalize(const char *in, size_t len, char *out, size_t cap) {
     }
     if (i + 2 >= len)
       return -1;
-    int hi = hexval((unsigned char)in[i + 1]), lo = hexval((unsigned char)in[i + 2]);
+    int hi = hexval((unsigned char)in[i + 1]),
+        lo = hexval((unsigned char)in[i + 2]);
     if (hi < 0 || lo < 0)
       return -1;
     int v = hi * 16 + lo;
@@ -65,12 +71,14 @@ long cachekey_normalize_path(const char *in, size_t len, char *out,
                              size_t cap) {
   if (len == 0 || in[0] != '/' || cap == 0)
     return -1;
-  char *tmp = malloc(len * 3 + 1);
+  char stack[SCRATCH_BYTES];
+  char *tmp = len * 3 + 1 <= sizeof stack ? stack : malloc(len * 3 + 1);
   if (tmp == NULL)
     return -1;
   long n = pct_normalize(in, len, tmp, len * 3);
   if (n < 0) {
-    free(tmp);
+    if (tmp != stack)
+      free(tmp);
     return -1;
   }
   /* Remove dot segments over the normalised text: a segment is "." or ".."
@@ -114,10 +122,12 @@ long cachekey_normalize_path(const char *in, size_t len, char *out,
   if (o == 0) {
     out[o++] = '/';
   }
-  free(tmp);
+  if (tmp != stack)
+    free(tmp);
   return (long)o;
 fail:
-  free(tmp);
+  if (tmp != stack)
+    free(tmp);
   return -1;
 }
 
@@ -143,9 +153,12 @@ long cachekey_canonical_query(const char *in, size_t len, char *out,
                               size_t cap) {
   if (len == 0)
     return 0;
-  char *norm = malloc(len * 3 + 1);
+  char norm_stack[SCRATCH_BYTES];
+  qparam_t ps_stack[SCRATCH_PARAMS];
   size_t maxp = len / 2 + 2;
-  qparam_t *ps = malloc(maxp * sizeof *ps);
+  char *norm =
+      len * 3 + 1 <= sizeof norm_stack ? norm_stack : malloc(len * 3 + 1);
+  qparam_t *ps = maxp <= SCRATCH_PARAMS ? ps_stack : malloc(maxp * sizeof *ps);
   long result = -1;
   if (norm == NULL || ps == NULL)
     goto done;
@@ -180,16 +193,23 @@ long cachekey_canonical_query(const char *in, size_t len, char *out,
   }
   result = (long)o;
 done:
-  free(norm);
-  free(ps);
+  if (norm != norm_stack)
+    free(norm);
+  if (ps != ps_stack)
+    free(ps);
   return result;
 }
 
-void cachekey_init(cachekey_t *k) { memset(k, 0, sizeof *k); }
+void cachekey_init(cachekey_t *k) {
+  k->data = NULL;
+  k->len = k->cap = 0;
+  k->oom = false;
+}
 
 void cachekey_free(cachekey_t *k) {
-  free(k->data);
-  memset(k, 0, sizeof *k);
+  if (k->data != k->small)
+    free(k->data);
+  cachekey_init(k);
 }
 
 void cachekey_reset(cachekey_t *k) {
@@ -200,15 +220,21 @@ void cachekey_reset(cachekey_t *k) {
 static void put_bytes(cachekey_t *k, const void *p, size_t n) {
   if (k->oom)
     return;
+  if (k->data == NULL) {
+    k->data = k->small;
+    k->cap = sizeof k->small;
+  }
   if (k->len + n > k->cap) {
-    size_t cap = k->cap ? k->cap : 128;
+    size_t cap = k->cap * 2;
     while (cap < k->len + n)
       cap *= 2;
-    char *d = realloc(k->data, cap);
+    char *d = k->data == k->small ? malloc(cap) : realloc(k->data, cap);
     if (d == NULL) {
       k->oom = true;
       return;
     }
+    if (k->data == k->small)
+      memcpy(d, k->small, k->len);
     k->data = d;
     k->cap = cap;
   }
@@ -252,7 +278,8 @@ bool cachekey_add_vary(cachekey_t *k, const char *vary, size_t vary_len,
                        cachekey_header_fn get, void *ud) {
   size_t i = 0;
   while (i < vary_len) {
-    while (i < vary_len && (vary[i] == ' ' || vary[i] == '\t' || vary[i] == ','))
+    while (i < vary_len &&
+           (vary[i] == ' ' || vary[i] == '\t' || vary[i] == ','))
       i++;
     size_t j = i;
     while (j < vary_len && vary[j] != ',' && vary[j] != ' ' && vary[j] != '\t')

@@ -37,12 +37,19 @@ long cachekey_canonical_query(const char *in, size_t len, char *out,
 typedef const char *(*cachekey_header_fn)(void *ud, const char *name,
                                           size_t *len);
 
-/* A growable key under construction. */
+/* Bytes a key holds without allocating: a request's key is built on every
+ * hit, and most keys (class, upstream, path, query, a token) fit. */
+#define CACHEKEY_INLINE 192
+
+/* A growable key under construction. All-zero bytes are a valid empty key
+ * (as cachekey_init leaves it). It may point into itself: never copy a
+ * cachekey_t by value; copy its bytes with cachekey_copy. */
 typedef struct cachekey {
-  char *data;
+  char *data; /* `small` or the heap */
   size_t len;
   size_t cap;
   bool oom;
+  char small[CACHEKEY_INLINE];
 } cachekey_t;
 
 void cachekey_init(cachekey_t *k);

@@ -2,6 +2,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -25,20 +26,20 @@ static void test_paths(void **state) {
   (void)state;
   check_path("/", "/");
   check_path("/a/b", "/a/b");
-  check_path("/%61%62", "/ab");           /* unreserved escapes decoded */
-  check_path("/a%2fb", "/a%2Fb");         /* reserved kept, hex upper-cased */
+  check_path("/%61%62", "/ab");   /* unreserved escapes decoded */
+  check_path("/a%2fb", "/a%2Fb"); /* reserved kept, hex upper-cased */
   check_path("/a/./b", "/a/b");
   check_path("/a/b/../c", "/a/c");
-  check_path("/a/%2e%2E/c", "/c");        /* encoded dots are dots */
-  check_path("/../../x", "/x");           /* cannot climb above the root */
+  check_path("/a/%2e%2E/c", "/c"); /* encoded dots are dots */
+  check_path("/../../x", "/x");    /* cannot climb above the root */
   check_path("/a/b/..", "/a/");
   check_path("/a/", "/a/");
-  check_path("/a%00b", NULL);             /* NUL */
-  check_path("/a%zz", NULL);              /* bad escape */
-  check_path("/a%4", NULL);               /* truncated escape */
-  check_path("/a b", NULL);               /* raw space */
-  check_path("/a\x80", NULL);             /* raw high byte */
-  check_path("a/b", NULL);                /* not origin-form */
+  check_path("/a%00b", NULL); /* NUL */
+  check_path("/a%zz", NULL);  /* bad escape */
+  check_path("/a%4", NULL);   /* truncated escape */
+  check_path("/a b", NULL);   /* raw space */
+  check_path("/a\x80", NULL); /* raw high byte */
+  check_path("a/b", NULL);    /* not origin-form */
   check_path("", NULL);
 }
 
@@ -86,8 +87,8 @@ static const char *get_hdr(void *ud, const char *name, size_t *len) {
 static const char *const ident[] = {"Authorization", "Cookie", "X-Api-Key"};
 
 static void build(cachekey_t *k, hdrs_t *h, const char *path, const char *q) {
-  cachekey_build(k, 'G', 0, path, strlen(path), q, strlen(q), ident, 3,
-                 get_hdr, h);
+  cachekey_build(k, 'G', 0, path, strlen(path), q, strlen(q), ident, 3, get_hdr,
+                 h);
 }
 
 static bool same(cachekey_t *a, cachekey_t *b) {
@@ -122,6 +123,50 @@ static void test_identity_separates_keys(void **state) {
   cachekey_free(&b);
 }
 
+/* Keys and targets past the inline key and the stack scratch space take
+ * the heap and give the same bytes. */
+static void test_long_inputs(void **state) {
+  (void)state;
+  enum { N = 3000 };
+  static char path[N + 2], want_path[N + 2], query[8 * 200], want_q[8 * 200];
+  path[0] = want_path[0] = '/';
+  for (size_t i = 1; i <= N; i++) {
+    path[i] = 'a' + (char)(i % 26);
+    want_path[i] = path[i];
+  }
+  path[N + 1] = want_path[N + 1] = '\0';
+  static char out[N + 8];
+  long n = cachekey_normalize_path(path, N + 1, out, sizeof out);
+  assert_int_equal(n, N + 1);
+  assert_memory_equal(out, want_path, N + 1);
+  /* 200 parameters, given in reverse order: sorted back on the heap */
+  size_t o = 0, w = 0;
+  for (int i = 199; i >= 0; i--)
+    o += (size_t)sprintf(query + o, "%sp%03d=1", o ? "&" : "", i);
+  for (int i = 0; i < 200; i++)
+    w += (size_t)sprintf(want_q + w, "%sp%03d=1", w ? "&" : "", i);
+  static char qout[sizeof query];
+  n = cachekey_canonical_query(query, o, qout, sizeof qout);
+  assert_int_equal(n, (long)w);
+  assert_memory_equal(qout, want_q, w);
+  /* a key that outgrows the inline bytes keeps what it had */
+  cachekey_t k;
+  cachekey_init(&k);
+  cachekey_add(&k, "head", 4);
+  cachekey_add(&k, path, N + 1);
+  assert_false(k.oom);
+  assert_int_equal(k.len, 4 + 4 + 4 + N + 1);
+  assert_memory_equal(k.data + 4, "head", 4);
+  assert_memory_equal(k.data + 12, path, N + 1);
+  cachekey_t c;
+  memset(&c, 0, sizeof c); /* all-zero is a valid empty key */
+  cachekey_copy(&c, k.data, k.len);
+  assert_int_equal(c.len, k.len);
+  assert_memory_equal(c.data, k.data, k.len);
+  cachekey_free(&c);
+  cachekey_free(&k);
+}
+
 static void test_vary(void **state) {
   (void)state;
   cachekey_t a, b;
@@ -150,6 +195,7 @@ int main(void) {
       cmocka_unit_test(test_queries),
       cmocka_unit_test(test_identity_separates_keys),
       cmocka_unit_test(test_vary),
+      cmocka_unit_test(test_long_inputs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
