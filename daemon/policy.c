@@ -59,11 +59,10 @@ void policy_decide(const policy_route_t *route, const response_t *resp,
 
   ccontrol_t cc;
   cc_init(&cc);
-  for (size_t i = 0; i < resp->n_headers; i++) {
-    hdr_t h = response_field(resp, i);
+  hdr_t h;
+  for (size_t pos = 0; response_next_field(resp, &pos, &h);)
     if (h.name_len == 13 && strncasecmp(h.name, "cache-control", 13) == 0)
       cc_parse(&cc, h.value, h.value_len);
-  }
   v = response_header(resp, "vary", &len);
   bool vary_star = false;
   for (size_t i = 0; v != NULL && i < len; i++)

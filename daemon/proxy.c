@@ -23,6 +23,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,8 +73,8 @@ typedef struct preq {
   /* Not zeroed at allocation (every request pays for what it zeroes):
    * everything from here on is written before it is read. */
   char tail[192];
-  uv_buf_t bufs[3];
-  uv_timer_t timer; /* initialised once timer_on */
+  uv_buf_t bufs[5];  /* status line, fields, tail, body (two halves > 2 GiB) */
+  uv_timer_t timer;  /* initialised once timer_on */
   char target_mem[]; /* `target` lives here: one allocation per request */
 } preq_t;
 
@@ -110,7 +111,9 @@ static void fail_fetch(fetchctx_t *fx, int err, unsigned flags,
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static uint64_t ms2ns(uint64_t ms) { return ms * COALESCE_NS_PER_MS; }
+static uint64_t ms2ns(uint64_t ms) {
+  return ms * COALESCE_NS_PER_MS;
+}
 
 /* http_request_header for the key's identity headers, asked on every
  * request: lengths compared first, so absent fields cost no strcasecmp. */
@@ -301,17 +304,17 @@ static bool not_modified_for(const http_request_t *req, const response_t *r) {
 static void send_not_modified(preq_t *p, coalesce_value_t *v,
                               const char *xcache, uint64_t age_s) {
   const response_t *r = response_of(v);
-  static const char *const keep[] = {"etag",    "cache-control", "expires",
-                                     "vary",    "date",          "content-location",
-                                     "last-modified"};
+  static const char *const keep[] = {
+      "etag", "cache-control",    "expires",      "vary",
+      "date", "content-location", "last-modified"};
   char extra[2048];
   size_t o = 0;
   for (size_t i = 0; i < sizeof keep / sizeof *keep; i++) {
     /* the first field of that name, as stored (names are not
-     * NUL-terminated: they point into the head) */
+     * NUL-terminated: they point into the stored lines) */
     size_t kl = strlen(keep[i]);
-    for (size_t j = 0; j < r->n_headers; j++) {
-      hdr_t h = response_field(r, j);
+    hdr_t h;
+    for (size_t pos = 0; response_next_field(r, &pos, &h);) {
       if (h.name_len == kl && strncasecmp(h.name, keep[i], kl) == 0) {
         int n = snprintf(extra + o, sizeof extra - o, "%.*s: %.*s\r\n",
                          (int)h.name_len, h.name, (int)h.value_len, h.value);
@@ -321,8 +324,8 @@ static void send_not_modified(preq_t *p, coalesce_value_t *v,
       }
     }
   }
-  snprintf(extra + o, sizeof extra - o, "X-Cache: %s\r\nAge: %llu\r\n",
-           xcache, (unsigned long long)age_s);
+  snprintf(extra + o, sizeof extra - o, "X-Cache: %s\r\nAge: %llu\r\n", xcache,
+           (unsigned long long)age_s);
   metrics_answer(p->app->metrics, METRIC_SRC_HIT, 304);
   http_conn_send_simple(p->conn, 304, NULL, extra, NULL, 0, false);
   coalesce_value_release(v);
@@ -336,13 +339,26 @@ static void send_value(preq_t *p, coalesce_value_t *v, const char *xcache,
     send_not_modified(p, v, xcache, age_s);
     return;
   }
-  size_t tl = response_tail(p->tail, sizeof p->tail, xcache, age_s,
-                            http_conn_will_close(p->conn), NULL);
-  p->bufs[0] = uv_buf_init((char *)r->head, (unsigned)r->head_len);
-  p->bufs[1] = uv_buf_init(p->tail, (unsigned)tl);
-  unsigned n = 2;
-  if (!p->head && r->body_len > 0)
-    p->bufs[n++] = uv_buf_init((char *)r->body, (unsigned)r->body_len);
+  /* {status line, stored field lines, tail, body}: Content-Length is in
+   * the tail, with the GET's length for HEAD too */
+  size_t sl, fl, bl = response_body_len(r);
+  const char *status_line = response_status_line(r, &sl);
+  const char *fields = response_field_lines(r, &fl);
+  size_t tl = response_tail(p->tail, sizeof p->tail, response_content_length(r),
+                            xcache, age_s, http_conn_will_close(p->conn), NULL);
+  p->bufs[0] = uv_buf_init((char *)status_line, (unsigned)sl);
+  p->bufs[1] = uv_buf_init((char *)fields, (unsigned)fl);
+  p->bufs[2] = uv_buf_init(p->tail, (unsigned)tl);
+  unsigned n = 3;
+  if (!p->head && bl > 0) {
+    /* uv_buf_t lengths are 32 bits; bodies may reach max_response_bytes
+     * (4 GiB at most): split in two halves under 2 GiB when needed */
+    const char *body = response_body(r);
+    size_t first = bl > INT32_MAX ? bl / 2 : bl;
+    p->bufs[n++] = uv_buf_init((char *)body, (unsigned)first);
+    if (first < bl)
+      p->bufs[n++] = uv_buf_init((char *)body + first, (unsigned)(bl - first));
+  }
   p->sent = v;
   metrics_answer(p->app->metrics, metric_source, r->status);
   LOG_DEBUG("request", "method=%s status=%d x_cache=%s", p->req->method_name,
@@ -508,9 +524,9 @@ static void invalidate_target(app_t *app, const config_route_t *rt,
   uint64_t now = coalesce_clock_now(NULL);
   coalesce_value_t *v = coalesce_value_new(&now, sizeof now);
   /* outlive anything stored for it before */
-  coalesce_ttl_t ttl = {.fresh_ns = 86400 * COALESCE_NS_PER_SEC +
-                                    ms2ns(rt->ttl_ms + rt->stale_ms +
-                                          rt->stale_if_error_ms)};
+  coalesce_ttl_t ttl = {
+      .fresh_ns = 86400 * COALESCE_NS_PER_SEC +
+                  ms2ns(rt->ttl_ms + rt->stale_ms + rt->stale_if_error_ms)};
   atomic_store(&app->seen_invalidation, true); /* before the record exists */
   if (v != NULL && !k.oom)
     (void)coalesce_cache_put(app->cache, k.data, k.len, v, &ttl);
@@ -580,7 +596,8 @@ static void request_limits(preq_t *p, coalesce_load_opts_t *o,
   }
   size_t pl = 0;
   const char *pragma = http_request_header(p->req, "pragma", &pl);
-  if (!any && pragma != NULL && pl >= 8 && strncasecmp(pragma, "no-cache", 8) == 0)
+  if (!any && pragma != NULL && pl >= 8 &&
+      strncasecmp(pragma, "no-cache", 8) == 0)
     cc.no_cache = true; /* RFC 9111 §5.4, only without Cache-Control */
   policy_request_t pr;
   policy_request(&cc, coalesce_clock_now(NULL), &pr);
@@ -603,7 +620,8 @@ static void answer_only_if_cached(preq_t *p, const coalesce_load_opts_t *o) {
         lk.stored_at_ns >= o->min_stored_ns) {
       send_value(p, lk.value, lk.state == COALESCE_FRESH ? "HIT" : "STALE",
                  lk.age_ns / COALESCE_NS_PER_SEC,
-                 lk.state == COALESCE_FRESH ? METRIC_SRC_HIT : METRIC_SRC_STALE);
+                 lk.state == COALESCE_FRESH ? METRIC_SRC_HIT
+                                            : METRIC_SRC_STALE);
       return;
     }
     coalesce_value_release(lk.value);
@@ -791,14 +809,13 @@ static upstream_header_t *upstream_headers(const config_upstream_t *up,
         injected(up, rh->name, rh->name_len) ||
         (shared && shared_call_drops(rh->name, rh->name_len)))
       continue;
-    h[n++] = (upstream_header_t){rh->name, rh->name_len, rh->value,
-                                 rh->value_len};
+    h[n++] =
+        (upstream_header_t){rh->name, rh->name_len, rh->value, rh->value_len};
   }
   for (size_t i = 0; i < up->nheaders; i++)
-    h[n++] = (upstream_header_t){up->headers[i].name,
-                                 strlen(up->headers[i].name),
-                                 up->headers[i].value,
-                                 strlen(up->headers[i].value)};
+    h[n++] =
+        (upstream_header_t){up->headers[i].name, strlen(up->headers[i].name),
+                            up->headers[i].value, strlen(up->headers[i].value)};
   if (shared && stale != NULL) {
     const response_t *s = response_of(stale);
     size_t vl;
@@ -825,8 +842,7 @@ static int set_url(fetchctx_t *fx, const char *target, size_t len) {
  * a flight's shared GET (body NULL) or a pass-through. */
 static int send_call(fetchctx_t *fx, const char *method,
                      const http_header_t *hs, size_t nh, bool shared,
-                     const char *body, size_t body_len,
-                     upstream_done_fn done) {
+                     const char *body, size_t body_len, upstream_done_fn done) {
   const config_upstream_t *up = fx->up;
   size_t n = 0;
   upstream_header_t *h = upstream_headers(up, hs, nh, shared, fx->stale, &n);
@@ -855,7 +871,8 @@ static int send_call(fetchctx_t *fx, const char *method,
 }
 
 /* The upstream's own rate-limit fields and 429s, per upstream. */
-static void observe_quota(app_upstream_t *aup, const upstream_response_t *resp) {
+static void observe_quota(app_upstream_t *aup,
+                          const upstream_response_t *resp) {
   if (aup == NULL || aup->quota == NULL)
     return;
   /* upstream_header_t and hdr_t have the same layout; convert explicitly */
@@ -943,13 +960,13 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
     return;
   }
   const config_route_t *rt = fx->route;
-  policy_route_t pr = {
-      .mode = rt->policy == CONFIG_POLICY_ORIGIN ? POLICY_ORIGIN
-                                                 : POLICY_OVERRIDE,
-      .ttl_ns = ms2ns(rt->ttl_ms),
-      .swr_ns = ms2ns(rt->stale_ms),
-      .sie_ns = ms2ns(rt->stale_if_error_ms),
-      .negative_ttl_ns = ms2ns(rt->negative_ttl_ms)};
+  policy_route_t pr = {.mode = rt->policy == CONFIG_POLICY_ORIGIN
+                                   ? POLICY_ORIGIN
+                                   : POLICY_OVERRIDE,
+                       .ttl_ns = ms2ns(rt->ttl_ms),
+                       .swr_ns = ms2ns(rt->stale_ms),
+                       .sie_ns = ms2ns(rt->stale_if_error_ms),
+                       .negative_ttl_ns = ms2ns(rt->negative_ttl_ms)};
   int statuses[64];
   size_t ns = rt->ncache_statuses < 64 ? rt->ncache_statuses : 64;
   for (size_t i = 0; i < ns; i++)
@@ -1076,8 +1093,8 @@ void proxy_fetch_start(void *ud, const void *key, size_t keylen,
     return;
   }
   if (p->w->fleet != NULL && !p->solo) {
-    fleet_acquire(p->w->fleet, key, keylen, p->cfg->redis.lock_ttl_ms,
-                  on_fleet, fx);
+    fleet_acquire(p->w->fleet, key, keylen, p->cfg->redis.lock_ttl_ms, on_fleet,
+                  fx);
     return;
   }
   call_upstream(fx);
@@ -1104,8 +1121,8 @@ static void call_upstream(fetchctx_t *fx) {
                "local budget for this upstream is spent");
     return;
   }
-  int rc = send_call(fx, "GET", fx->hdrs, fx->nhdrs, true, NULL, 0,
-                     on_fetch_done);
+  int rc =
+      send_call(fx, "GET", fx->hdrs, fx->nhdrs, true, NULL, 0, on_fetch_done);
   if (rc != 0)
     fail_fetch(fx, COALESCE_EFETCH, 0, upstream_strerror(rc));
 }
@@ -1158,7 +1175,8 @@ static void on_pass_done(void *ud, upstream_response_t *resp) {
   if (resp->err != 0) {
     bool timeout = resp->err == UPSTREAM_ETIMEOUT;
     send_error(p, timeout ? 504 : 502,
-               timeout ? METRIC_ERR_UPSTREAM_TIMEOUT : METRIC_ERR_UPSTREAM_ERROR,
+               timeout ? METRIC_ERR_UPSTREAM_TIMEOUT
+                       : METRIC_ERR_UPSTREAM_ERROR,
                resp->errmsg, "BYPASS", 0);
     return;
   }
@@ -1224,7 +1242,8 @@ static void preq_start_pass(preq_t *p) {
   http_conn_set_abort(p->conn, on_pass_abort, p);
 }
 
-/* ---- entry ---------------------------------------------------------------- */
+/* ---- entry ----------------------------------------------------------------
+ */
 
 void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   worker_t *w = ud;
@@ -1279,8 +1298,7 @@ void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
       if (p->batch_base != NULL &&
           batch_split_target(p->target, p->target_len, p->route->batch_param,
                              p->route->batch_join, p->batch_base,
-                             p->target_len + 1, &p->batch_base_len,
-                             &id) == 0) {
+                             p->target_len + 1, &p->batch_base_len, &id) == 0) {
         p->batch_id = id.p;
         p->batch_id_len = id.len;
       } else {

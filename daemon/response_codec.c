@@ -37,7 +37,7 @@ static uint64_t sat_add(uint64_t a, uint64_t b) {
 }
 
 /* What response_new would store unchanged: no CR, LF or NUL anywhere (they
- * would split or cut the pre-built head), a non-empty name without ':'. */
+ * would split or cut the stored lines), a non-empty name without ':'. */
 static bool value_ok(const char *s, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
@@ -53,20 +53,20 @@ static bool name_ok(const char *s, size_t n) {
 
 int response_encode(const response_t *r, const coalesce_ttl_t *ttl,
                     uint64_t stored_wall_ms, char **out, size_t *len) {
-  if (r->n_headers > RESPONSE_CODEC_MAX_FIELDS || r->status < 100 ||
-      r->status > 999)
+  if (r->status < 100 || r->status > 999)
     return COALESCE_EINVAL;
-  size_t total = HDR_LEN;
-  for (size_t i = 0; i < r->n_headers; i++) {
-    hdr_t h = response_field(r, i);
-    if (h.name_len > UINT32_MAX || h.value_len > UINT32_MAX ||
-        !name_ok(h.name, h.name_len) || !value_ok(h.value, h.value_len))
+  size_t total = HDR_LEN, n_fields = 0, body_len = response_body_len(r);
+  hdr_t h;
+  for (size_t pos = 0; response_next_field(r, &pos, &h); n_fields++) {
+    if (n_fields == RESPONSE_CODEC_MAX_FIELDS || h.name_len > UINT32_MAX ||
+        h.value_len > UINT32_MAX || !name_ok(h.name, h.name_len) ||
+        !value_ok(h.value, h.value_len))
       return COALESCE_EINVAL;
     total += 8 + h.name_len + h.value_len;
   }
-  if (r->body_len > SIZE_MAX - total)
+  if (body_len > SIZE_MAX - total)
     return COALESCE_EINVAL;
-  total += r->body_len;
+  total += body_len;
   char *b = malloc(total);
   if (b == NULL)
     return COALESCE_ENOMEM;
@@ -83,21 +83,20 @@ int response_encode(const response_t *r, const coalesce_ttl_t *ttl,
   put_u64(b + 48, ttl->keep_ns);
   put_u64(b + 56, (uint64_t)(int64_t)r->received);
   put_u64(b + 64, r->upstream_age);
-  put_u16(b + 72, (uint16_t)r->status);
+  put_u16(b + 72, r->status);
   put_u16(b + 74, 0);
-  put_u32(b + 76, (uint32_t)r->n_headers);
-  put_u64(b + 80, r->body_len);
+  put_u32(b + 76, (uint32_t)n_fields);
+  put_u64(b + 80, body_len);
   char *p = b + HDR_LEN;
-  for (size_t i = 0; i < r->n_headers; i++) {
-    hdr_t h = response_field(r, i);
+  for (size_t pos = 0; response_next_field(r, &pos, &h);) {
     put_u32(p, (uint32_t)h.name_len);
     put_u32(p + 4, (uint32_t)h.value_len);
     memcpy(p + 8, h.name, h.name_len);
     memcpy(p + 8 + h.name_len, h.value, h.value_len);
     p += 8 + h.name_len + h.value_len;
   }
-  if (r->body_len > 0)
-    memcpy(p, r->body, r->body_len);
+  if (body_len > 0)
+    memcpy(p, response_body(r), body_len);
   *out = b;
   *len = total;
   return 0;

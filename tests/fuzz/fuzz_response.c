@@ -1,6 +1,6 @@
 /*
  * fuzz_response.c — libFuzzer driver for daemon/response.c (response_new,
- * response_refresh, response_header).
+ * response_refresh, response_header, response_next_field, response_tail).
  *
  * Input layout: 2 bytes of status, then '\n'-separated header lines up to
  * an empty line (the upstream's fields), then lines up to a second empty
@@ -12,21 +12,26 @@
  * Contract decided here: response_new is fed by upstream.c from libcurl's
  * header lines, which end at LF and have their CR/LF stripped, so a name or
  * value never holds CR, LF or NUL, and a name never holds ':'. response_new
- * does not re-check that (it would cost every response for a case its only
- * caller excludes), so the driver drops such lines rather than treating
- * the resulting head as a bug. If another caller ever passes client bytes,
- * this filter must move into response_new.
+ * drops such fields all the same (its stored lines are scanned, so a ':'
+ * in a name would read back differently); the driver drops them before
+ * building its expectations, and the check that nothing else is dropped
+ * holds response_new to dropping no more.
  *
- * Properties: the head is "HTTP/1.1 <status> <reason>\r\n" then
- * "name: value\r\n" lines, no bare CR or LF anywhere; its fields are the
- * input fields in order minus the hop-by-hop ones (fixed list, and every
- * name listed by ANY Connection field line — RFC 9110 §7.6.1 lists combine)
- * and minus Content-Length/Age/X-Cache; exactly one Content-Length equal to
- * the body length unless 1xx/204/304; the stored table matches the head
- * and its fields are views of it (name, ": ", value, CRLF); the body
- * is copied, follows the head and is NUL-terminated; the value holds all
- * of it, exactly sized. After a refresh: same status and
- * body, the 304's fields win, the other stored fields stay.
+ * Properties: a status outside 100..999 is refused; otherwise the answer
+ * head (status line + stored field lines + the tail's Content-Length line)
+ * is "HTTP/1.1 <status> <reason>\r\n" then "name: value\r\n" lines, no
+ * bare CR or LF anywhere; the status line is the static one for a status
+ * http_status.h knows (and nothing is stored for it), else the response's
+ * own "HTTP/1.1 <status> Unknown\r\n"; its fields are the input fields in
+ * order minus the hop-by-hop ones (fixed list, and every name listed by
+ * ANY Connection field line — RFC 9110 §7.6.1 lists combine) and minus
+ * Content-Length/Age/X-Cache; the tail has exactly one Content-Length equal
+ * to the body length unless 1xx/204/304; the iterator gives the same
+ * fields as views of the stored lines (name, ": ", value, CRLF) and
+ * response_field_count counts them; the body is copied, follows the lines
+ * and is NUL-terminated; the value holds all of it, exactly sized. After a
+ * refresh: same status and body, the 304's fields win, the other stored
+ * fields stay.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -34,6 +39,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "http_status.h"
 #include "response.h"
 
 #define CHECK(cond)                                                            \
@@ -144,105 +150,118 @@ static bool has_body_length(int status) {
   return !(status < 200 || status == 204 || status == 304);
 }
 
-/* The head is exactly the status line, `want`'s kept fields in order and
- * the Content-Length line; the stored table matches it. */
+/* The answer head is exactly the status line, `want`'s kept fields in
+ * order and the tail's Content-Length line; the iterator agrees. */
 static void check_response(const response_t *r, int status,
                            const fields_t *want, const void *body,
                            size_t body_len) {
   CHECK(r->status == status);
-  CHECK(r->body_len == body_len);
-  CHECK(body_len == 0 || memcmp(r->body, body, body_len) == 0);
-  CHECK(r->body[body_len] == '\0');
+  CHECK(response_body_len(r) == body_len);
+  CHECK(body_len == 0 || memcmp(response_body(r), body, body_len) == 0);
+  CHECK(response_body(r)[body_len] == '\0');
   CHECK(r->received == RECEIVED);
 
-  const char *h = r->head;
-  size_t n = r->head_len, i = 0;
-  CHECK(n >= 2 && memcmp(h + n - 2, "\r\n", 2) == 0);
-  char status_line[64];
-  int sl = snprintf(status_line, sizeof status_line, "HTTP/1.1 %d ", status);
-  CHECK(sl > 0 && (size_t)sl <= n && memcmp(h, status_line, (size_t)sl) == 0);
+  /* the status line: static when http_status.h has one, else stored */
+  size_t sl, known_len;
+  const char *line = response_status_line(r, &sl);
+  const char *known = http_status_line(status, &known_len);
+  bool own = (r->len_hi & RESPONSE_OWN_STATUS_LINE) != 0;
+  CHECK(own == (known == NULL));
+  if (known != NULL) {
+    CHECK(line == known && sl == known_len);
+  } else {
+    char want_line[64];
+    int wl = snprintf(want_line, sizeof want_line, "HTTP/1.1 %d Unknown\r\n",
+                      status);
+    CHECK(line == (const char *)(r + 1) && sl == (size_t)wl &&
+          memcmp(line, want_line, sl) == 0);
+  }
+  char prefix[32];
+  int pl = snprintf(prefix, sizeof prefix, "HTTP/1.1 %d ", status);
+  CHECK(pl > 0 && (size_t)pl < sl && memcmp(line, prefix, (size_t)pl) == 0);
+  CHECK(memcmp(line + sl - 2, "\r\n", 2) == 0);
+  CHECK(memchr(line, '\r', sl - 2) == NULL &&
+        memchr(line, '\n', sl - 2) == NULL);
 
-  size_t k = 0, content_length_lines = 0;
-  bool first = true;
+  /* the tail: Content-Length first unless 1xx/204/304 */
+  char tail[192], want_tail[128];
+  size_t tl = response_tail(tail, sizeof tail, response_content_length(r), "F",
+                            0, false, NULL);
+  int wt = has_body_length(status)
+               ? snprintf(want_tail, sizeof want_tail,
+                          "Content-Length: %zu\r\nX-Cache: F\r\nAge: 0\r\n\r\n",
+                          body_len)
+               : snprintf(want_tail, sizeof want_tail,
+                          "X-Cache: F\r\nAge: 0\r\n\r\n");
+  CHECK(wt > 0 && tl == (size_t)wt && memcmp(tail, want_tail, tl) == 0);
+
+  /* the stored field lines */
+  size_t n, i = 0, k = 0;
+  const char *h = response_field_lines(r, &n);
+  CHECK(h == (const char *)(r + 1) + (own ? sl : 0));
+  CHECK(h + n == response_body(r));
   while (i < n) {
     const char *crlf = memmem(h + i, n - i, "\r\n", 2);
     CHECK(crlf != NULL);
     size_t ll = (size_t)(crlf - (h + i));
-    const char *line = h + i;
+    const char *fl = h + i;
     i += ll + 2;
-    CHECK(memchr(line, '\r', ll) == NULL && memchr(line, '\n', ll) == NULL);
-    if (first) {
-      first = false;
-      continue;
-    }
-    const char *colon = memchr(line, ':', ll);
+    CHECK(memchr(fl, '\r', ll) == NULL && memchr(fl, '\n', ll) == NULL);
+    const char *colon = memchr(fl, ':', ll);
     CHECK(colon != NULL);
-    size_t nl = (size_t)(colon - line);
+    size_t nl = (size_t)(colon - fl);
     CHECK(nl + 2 <= ll && colon[1] == ' ');
-    if (name_eq(line, nl, "content-length")) {
-      char cl[32];
-      int m = snprintf(cl, sizeof cl, "Content-Length: %zu", body_len);
-      CHECK(m > 0 && (size_t)m == ll && memcmp(line, cl, ll) == 0);
-      content_length_lines++;
-      continue;
-    }
-    if (must_drop(want, line, nl))
-      fprintf(stderr, "fuzz_response: forwarded \"%.*s\"\n", (int)ll, line);
-    CHECK(!must_drop(want, line, nl));
+    if (must_drop(want, fl, nl))
+      fprintf(stderr, "fuzz_response: forwarded \"%.*s\"\n", (int)ll, fl);
+    CHECK(!must_drop(want, fl, nl));
     /* the next kept input field, in order */
     while (k < want->n && must_drop(want, want->h[k].name, want->h[k].name_len))
       k++;
     CHECK(k < want->n);
     const hdr_t *w = &want->h[k];
-    CHECK(w->name_len == nl && memcmp(w->name, line, nl) == 0);
+    CHECK(w->name_len == nl && memcmp(w->name, fl, nl) == 0);
     CHECK(w->value_len == ll - nl - 2 &&
-          memcmp(w->value, line + nl + 2, w->value_len) == 0);
+          memcmp(w->value, fl + nl + 2, w->value_len) == 0);
     k++;
   }
   while (k < want->n && must_drop(want, want->h[k].name, want->h[k].name_len))
     k++;
   CHECK(k == want->n);
-  CHECK(content_length_lines == (has_body_length(status) ? 1u : 0u));
 
-  /* The table holds the same fields, as views of the head's lines, in
-   * order. */
-  size_t kept = 0;
-  const char *prev_end = r->head;
+  /* The iterator gives the same fields, as views of the lines, in order. */
+  size_t kept = 0, pos = 0;
+  const char *prev_end = h;
   for (size_t j = 0; j < want->n; j++) {
     const hdr_t *w = &want->h[j];
     if (must_drop(want, w->name, w->name_len))
       continue;
-    CHECK(kept < r->n_headers);
-    hdr_t field = response_field(r, kept++);
-    const hdr_t *t = &field;
-    CHECK(t->name_len == w->name_len && t->value_len == w->value_len);
-    CHECK(t->name > prev_end && t->name[-1] == '\n');
-    CHECK(t->value == t->name + t->name_len + 2 &&
-          memcmp(t->name + t->name_len, ": ", 2) == 0);
-    CHECK(t->value + t->value_len + 2 <= r->head + r->head_len &&
-          memcmp(t->value + t->value_len, "\r\n", 2) == 0);
-    CHECK(memcmp(t->name, w->name, w->name_len) == 0);
-    CHECK(memcmp(t->value, w->value, w->value_len) == 0);
-    prev_end = t->value + t->value_len;
+    hdr_t t;
+    CHECK(response_next_field(r, &pos, &t));
+    kept++;
+    CHECK(t.name_len == w->name_len && t.value_len == w->value_len);
+    CHECK(t.name == prev_end);
+    CHECK(t.value == t.name + t.name_len + 2 &&
+          memcmp(t.name + t.name_len, ": ", 2) == 0);
+    CHECK(t.value + t.value_len + 2 <= h + n &&
+          memcmp(t.value + t.value_len, "\r\n", 2) == 0);
+    CHECK(memcmp(t.name, w->name, w->name_len) == 0);
+    CHECK(memcmp(t.value, w->value, w->value_len) == 0);
+    prev_end = t.value + t.value_len + 2;
+    CHECK(pos == (size_t)(prev_end - h));
   }
-  CHECK(kept == r->n_headers);
-  /* the sentinel: where the field lines end (the Content-Length line, if
-   * any, starts) */
-  const char *lines_end =
-      kept ? prev_end + 2 : (const char *)memchr(r->head, '\n', r->head_len) + 1;
-  CHECK(r->fields[kept].name_len == 0 &&
-        r->head + r->fields[kept].off == lines_end);
-  CHECK(r->body == r->head + r->head_len);
+  hdr_t none;
+  CHECK(!response_next_field(r, &pos, &none) && pos == n);
+  CHECK(prev_end == h + n);
+  CHECK(response_field_count(r) == kept);
 }
 
-/* The response, its table, head and body are the value's data, exactly. */
+/* The response, its lines and body are the value's data, exactly. */
 static void check_layout(const coalesce_value_t *v) {
   const response_t *r = response_of(v);
   CHECK((const void *)r == coalesce_value_data(v));
-  CHECK(r->head == (const char *)(r->fields + r->n_headers + 1));
+  CHECK(response_body(r) == (const char *)(r + 1) + r->lines_len);
   CHECK(coalesce_value_len(v) ==
-        sizeof *r + (r->n_headers + 1) * sizeof(response_field_t) +
-            r->head_len + r->body_len + 1);
+        sizeof *r + r->lines_len + response_body_len(r) + 1);
 }
 
 /* First field of that name in f (case-insensitive), or NULL. */
@@ -270,15 +289,15 @@ static void check_refresh(const response_t *stored, const response_t *r,
   /* RFC 9111 §4.3.4: the stored fields the 304 does not name, then the
    * 304's own (its Content-Length describes no body: ignored). */
   merged->n = 0;
-  for (size_t i = 0; i < stored->n_headers; i++) {
-    hdr_t s = response_field(stored, i);
-    if (find(f304, s.name, s.name_len) == NULL)
-      merged->h[merged->n++] = s;
-  }
+  hdr_t sf;
+  for (size_t pos = 0; response_next_field(stored, &pos, &sf);)
+    if (find(f304, sf.name, sf.name_len) == NULL)
+      merged->h[merged->n++] = sf;
   for (size_t i = 0; i < f304->n; i++)
     if (!name_eq(f304->h[i].name, f304->h[i].name_len, "content-length"))
       merged->h[merged->n++] = f304->h[i];
-  check_response(r, stored->status, merged, stored->body, stored->body_len);
+  check_response(r, stored->status, merged, response_body(stored),
+                 response_body_len(stored));
   /* Every field named by the 304 (and kept) reads as the 304's first. */
   for (size_t i = 0; i < f304->n; i++) {
     const hdr_t *h = &f304->h[i];
@@ -293,8 +312,8 @@ static void check_refresh(const response_t *stored, const response_t *r,
   }
   /* Stored fields the 304 does not name stay unless its Connection drops
    * them. */
-  for (size_t i = 0; i < stored->n_headers; i++) {
-    hdr_t field = response_field(stored, i);
+  hdr_t field;
+  for (size_t pos = 0; response_next_field(stored, &pos, &field);) {
     const hdr_t *s = &field;
     if (find(f304, s->name, s->name_len) != NULL || s->name_len >= 256)
       continue;
@@ -331,6 +350,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   coalesce_value_t *v =
       response_new(status, f->h, f->n, body, body_len, RECEIVED);
+  CHECK((v != NULL) == (status >= 100 && status <= 999));
   if (v == NULL)
     goto out;
   const response_t *r = response_of(v);

@@ -371,7 +371,7 @@ static void assert_same_as_single(const load_t *l, const char *single_path) {
   const response_t *r = response_of(l->value);
   assert_int_equal(r->status, 200);
   json_error_t je;
-  json_t *got = json_loadb(r->body, r->body_len, 0, &je);
+  json_t *got = json_loadb(response_body(r), response_body_len(r), 0, &je);
   assert_non_null(got);
   json_t *want = http_json("GET", single_path);
   assert_true(json_equal(got, want));
@@ -503,7 +503,7 @@ static void test_missing_id_is_404(void **state) {
   const response_t *r = response_of(c->value);
   assert_int_equal(r->status, 404);
   json_error_t je;
-  json_t *got = json_loadb(r->body, r->body_len, 0, &je);
+  json_t *got = json_loadb(response_body(r), response_body_len(r), 0, &je);
   json_t *want = json_pack("{s:s,s:s}", "error", "not_found", "id", "7");
   assert_true(json_equal(got, want));
   json_decref(got);

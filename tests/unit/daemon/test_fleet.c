@@ -281,8 +281,8 @@ static void assert_body(const got_t *g, const char *body) {
   assert_int_equal(g->res.outcome, FLEET_HIT);
   const response_t *r = response_of(g->res.value);
   assert_int_equal(r->status, 200);
-  assert_int_equal(r->body_len, strlen(body));
-  assert_memory_equal(r->body, body, r->body_len);
+  assert_int_equal(response_body_len(r), strlen(body));
+  assert_memory_equal(response_body(r), body, response_body_len(r));
 }
 
 typedef struct waits_arg {
@@ -571,7 +571,8 @@ static void *race_thread(void *arg) {
       run_until(&loop, pub_done, &p, 5000);
     } else if (rc->got.calls == 1 && rc->got.res.outcome == FLEET_HIT) {
       const response_t *r = response_of(rc->got.res.value);
-      snprintf(rc->body, sizeof rc->body, "%.*s", (int)r->body_len, r->body);
+      snprintf(rc->body, sizeof rc->body, "%.*s", (int)response_body_len(r),
+               response_body(r));
       coalesce_value_release(rc->got.res.value);
     }
   }
