@@ -62,7 +62,7 @@ static void conn_maybe_free(http_conn_t *c) {
   if (c->next)
     c->next->prev = c->prev;
   http_req_free(c);
-  free(c->in);
+  http_server_rbuf_put(s, c->in); /* its bytes die with the conn */
   free(c->wowned);
   c->magic = 0;
   free(c);
@@ -104,7 +104,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   http_conn_t *c = h->data;
   (void)suggested;
   *buf = uv_buf_init(NULL, 0); /* -> UV_ENOBUFS in on_read */
-  if (!c->in && !(c->in = malloc(HTTP_IN_CAP)))
+  if (!c->in && !(c->in = http_server_rbuf_get(c->srv)))
     return;
   if (c->state == CS_LINGER || c->in_off == c->in_len) {
     c->in_off = c->in_len = 0;
@@ -471,8 +471,8 @@ static void conn_process(http_conn_t *c) {
     }
   }
   if (c->in && c->in_off == c->in_len && c->state == CS_HEAD &&
-      !c->scan.started) { /* idle: give the read buffer back */
-    free(c->in);
+      !c->scan.started) { /* idle: give the read buffer back to the pool */
+    http_server_rbuf_put(c->srv, c->in);
     c->in = NULL;
     c->in_off = c->in_len = 0;
   }
@@ -634,7 +634,6 @@ void http_conn_release(http_conn_t *conn) {
 }
 
 /* ------------------------------------------------------------ utilities */
-
 
 /* Writes `v` as exactly `width` decimal digits. */
 static char *put_digits(char *p, unsigned v, int width) {

@@ -22,8 +22,19 @@
 #define HTTP_CONN_MAGIC 0x48434f4eu   /* "HCON" */
 #define HTTP_SERVER_MAGIC 0x48535256u /* "HSRV" */
 
-/* Read buffer per connection (allocated while the connection is busy). */
+/* Read buffer of a connection, held only while it is busy (a request being
+ * received, answered, or unparsed pipelined bytes) or lingering. Between
+ * requests it goes back to the loop's pool, so idle keep-alive connections
+ * cost no buffer and a busy one does not malloc/free 16 KiB per request. */
 #define HTTP_IN_CAP ((size_t)16 * 1024)
+/* Free read buffers a loop keeps (64 x 16 KiB = 1 MiB per loop at most).
+ * The pool only has to cover the connections that are between requests at
+ * the same moment while others are busy: a loop serving N busy keep-alive
+ * connections cycles through at most ~N buffers. 64 covers a sidecar's usual
+ * concurrency per worker loop; beyond it the extra buffers are malloc'ed and
+ * freed as before, and however many connections sit idle the pool never
+ * holds more than 1 MiB. */
+#define HTTP_RBUF_POOL_MAX 64u
 
 typedef enum conn_state {
   CS_HEAD,    /* waiting for or receiving a request head */
@@ -88,11 +99,17 @@ struct http_server {
   struct sockaddr_storage addr;
   uv_timer_t *relisten; /* heap: may outlive a pause; NULL until needed */
   bool paused;
-  bool closing;         /* http_server_close called */
+  bool closing; /* http_server_close called */
   void (*done)(void *ud);
   void *done_ud;
   http_conn_t *conns; /* every allocated conn, doubly linked */
   _Atomic unsigned nconns;
+  /* Read buffer pool (loop thread only): free buffers linked through their
+   * first bytes. The counters are written by the loop thread alone (plain
+   * relaxed stores) and readable from any thread (tests). */
+  struct rbuf_free *rbufs;
+  _Atomic unsigned rbufs_pooled;                /* buffers on the list */
+  _Atomic uint64_t rbufs_malloced, rbufs_freed; /* by the pool, ever */
   struct {
 #define X(name) _Atomic uint64_t name;
     HTTP_STATS_FIELDS(X)
@@ -178,6 +195,11 @@ void http_conn_close_idle(http_conn_t *c);
 /* http_server.c, for http_conn.c: frees the server (after done) if it is
  * closing and nothing is left. Call after a conn is freed. */
 void http_server_maybe_done(http_server_t *s);
+/* A read buffer of HTTP_IN_CAP bytes from the loop's pool, else malloc'ed;
+ * NULL when out of memory. Giving one back pools it, or frees it when the
+ * pool is full. */
+char *http_server_rbuf_get(http_server_t *s);
+void http_server_rbuf_put(http_server_t *s, char *buf);
 
 static inline void http_stat_inc(_Atomic uint64_t *counter) {
   atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);

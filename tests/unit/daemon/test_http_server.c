@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "http_server.h"
+#include "http_server_int.h" /* the read buffer pool's counters */
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -937,6 +938,94 @@ static void test_send_paths(void **state) {
   stop(fx);
 }
 
+static unsigned rbufs_pooled(const fixture_t *fx) {
+  return atomic_load(&fx->srv->rbufs_pooled);
+}
+
+static uint64_t rbufs_malloced(const fixture_t *fx) {
+  return atomic_load(&fx->srv->rbufs_malloced);
+}
+
+/* Read buffers: a connection between requests gives its buffer back to the
+ * loop's pool and the next request (of any connection) takes it from there;
+ * connections that close mid-request or after a rejection give theirs back
+ * too; and the pool keeps at most HTTP_RBUF_POOL_MAX. Counts, no timing. */
+static void test_rbuf_pool(void **state) {
+  (void)state;
+  fixture_t *fx = start(NULL);
+  response_t r;
+  client_t *a = client_new(fx), *b = client_new(fx);
+  for (int i = 0; i < 5; i++) { /* keep-alive: one buffer, over and over */
+    send_str(a, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(read_response(a, &r));
+    response_free(&r);
+    WAIT_FOR(rbufs_pooled(fx) == 1);
+  }
+  send_str(b, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"); /* reuses it */
+  assert_true(read_response(b, &r));
+  response_free(&r);
+  WAIT_FOR(rbufs_pooled(fx) == 1);
+  assert_int_equal(rbufs_malloced(fx), 1);
+  /* reading a client's EOF takes a buffer for a moment (libuv allocates
+   * before read()), so after closes the counts depend on timing: compare
+   * with what they are once nothing is left open */
+  client_free(a);
+  client_free(b);
+  WAIT_FOR(http_server_conn_count(fx->srv) == 0);
+  unsigned p0 = rbufs_pooled(fx);
+  uint64_t m0 = rbufs_malloced(fx);
+  assert_true(p0 >= 1 && p0 <= 2);
+
+  /* closed by the client with a half-received head: the buffer comes back */
+  a = client_new(fx);
+  send_str(a, "GET /echo HTTP/1.1\r\n");
+  WAIT_FOR(rbufs_pooled(fx) == p0 - 1);
+  client_free(a);
+  WAIT_FOR(http_server_conn_count(fx->srv) == 0);
+  assert_int_equal(rbufs_pooled(fx), p0);
+  /* rejected, lingered, closed: likewise */
+  REJECT(fx, "HELLO THERE\r\n\r\n", 400);
+  WAIT_FOR(http_server_conn_count(fx->srv) == 0);
+  assert_int_equal(rbufs_pooled(fx), p0);
+  assert_int_equal(rbufs_malloced(fx), m0);
+
+  /* more connections mid-request at once than the pool keeps: each holds a
+   * buffer (the pooled ones, then new ones); when all are done the pool
+   * keeps HTTP_RBUF_POOL_MAX and frees the rest */
+  enum { N = HTTP_RBUF_POOL_MAX + 6 };
+  client_t *many[N];
+  for (int i = 0; i < N; i++) {
+    many[i] = client_new(fx);
+    send_str(many[i], "GET /echo HTTP/1.1\r\n");
+  }
+  WAIT_FOR(rbufs_malloced(fx) == m0 + N - p0);
+  assert_int_equal(rbufs_pooled(fx), 0);
+  for (int i = 0; i < N; i++) {
+    send_str(many[i], "Host: x\r\n\r\n");
+    assert_true(read_response(many[i], &r));
+    assert_int_equal(r.status, 200);
+    response_free(&r);
+  }
+  WAIT_FOR(atomic_load(&fx->srv->rbufs_freed) == N - HTTP_RBUF_POOL_MAX);
+  WAIT_FOR(rbufs_pooled(fx) == HTTP_RBUF_POOL_MAX);
+  /* reading their EOF takes a buffer again for a moment (libuv allocates
+   * before read()), so how many are malloc'ed here depends on timing; all
+   * come back */
+  for (int i = 0; i < N; i++)
+    client_free(many[i]);
+  WAIT_FOR(http_server_conn_count(fx->srv) == 0);
+  assert_int_equal(rbufs_pooled(fx), HTTP_RBUF_POOL_MAX);
+
+  uint64_t before = rbufs_malloced(fx);
+  a = client_new(fx); /* served from the pool */
+  send_str(a, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+  assert_true(read_response(a, &r));
+  response_free(&r);
+  assert_int_equal(rbufs_malloced(fx), before);
+  client_free(a);
+  stop(fx); /* LSan: the pooled buffers are freed with the server */
+}
+
 static void done_flag(void *ud) {
   *(int *)ud = 1;
 }
@@ -1013,6 +1102,7 @@ int main(void) {
       cmocka_unit_test(test_max_connections),
       cmocka_unit_test(test_http10_and_head),
       cmocka_unit_test(test_send_paths),
+      cmocka_unit_test(test_rbuf_pool),
       cmocka_unit_test(test_listen_errors),
       cmocka_unit_test(test_utilities),
   };
