@@ -18,7 +18,8 @@
 #   f  200 cold requests, upstream hangs        (upstream timeout 2s)
 #   g  warm hits with wrk -t2 -c64, 1 KiB and 64 KiB bodies, and the
 #      ceiling: a static nginx `return 200` of a 1 KiB body
-#   h  RSS empty vs with 100,000 distinct 1 KiB entries cached (coalesced)
+#   h  memory empty, warmed up and with 100,000 distinct 1 KiB entries cached
+#      (every peer: RSS or summed Pss, plus nginx's cache files)
 # The upstream (tests/upstream) answers after 200 ms unless a scenario says
 # otherwise in the query string. Every server caches 200s for 5 s, serves
 # them stale for 30 s more while one refresh runs, and gives up on the
@@ -44,7 +45,8 @@ root=$PWD
 reps=${REPS:-3}
 wrk_seconds=${WRK_SECONDS:-10}
 mem_entries=${MEM_ENTRIES:-100000}
-read -r -a mem_peers <<<"${MEM_PEERS:-coalesced}"
+scenarios=${SCENARIOS:-a b c d e f g h} # a subset for a quick look
+read -r -a mem_peers <<<"${MEM_PEERS:-coalesced varnish nginx}"
 ceiling=${CEILING:-1} # 0: no static-nginx ceiling in scenario g
 floor=${FLOOR:-1}     # 0: no herds straight at the upstream in a-c
 ttl_s=5               # every peer's fresh lifetime (coalesced --ttl 5s)
@@ -124,10 +126,15 @@ reset_all() { # peer profile: zero the upstream's counters and the peer's stats
   post "$upstream/__upstream/reset"
   if declare -F "reset_$1" >/dev/null; then "reset_$1" "$2"; fi
 }
-rss_kib() { # pids...: summed VmRSS
+rss_kib() { # pids...: one process's VmRSS; several processes' summed Pss
+  # (their shared pages, e.g. nginx's keys zone, counted once in all)
   local p sum=0 v
+  if (($# == 1)); then
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
+    return
+  fi
   for p in "$@"; do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
     sum=$((sum + ${v:-0}))
   done
   echo "$sum"
@@ -142,7 +149,7 @@ COLS = ["peer", "scenario", "rep", "requests", "upstream_calls", "errors",
         "statuses", "x_cache", "min_ms", "p50_ms", "p90_ms", "p99_ms",
         "max_ms", "req_per_s", "rss_empty_kib", "rss_full_kib", "entries",
         "cache_bytes", "key_bytes", "head_bytes", "sent_p50_ms", "sent_p99_ms",
-        "rss_warm_kib"]
+        "rss_warm_kib", "files_kib"]
 
 def hist(h):
     return ";".join(f"{k}:{v}" for k, v in h.items())
@@ -182,7 +189,8 @@ def wrk_row(peer, scen, rep, calls, text):
         max_ms=f'{j["max_us"] / 1000:.3f}',
         req_per_s=f'{j["requests"] / secs:.0f}')
 
-def mem_row(peer, scen, rep, calls, empty, warm, full, stats, head, template, js):
+def mem_row(peer, scen, rep, calls, empty, warm, full, files, stats, head,
+            template, js):
     j = json.loads(js)
     # mean length of the request targets: the template with {k} = 0..n-1
     n = j["n"]
@@ -201,7 +209,9 @@ def mem_row(peer, scen, rep, calls, empty, warm, full, stats, head, template, js
         x_cache=hist(j["x_cache"]), p50_ms=f'{j["latency_ms"]["p50"]:.2f}',
         p99_ms=f'{j["latency_ms"]["p99"]:.2f}',
         req_per_s=f'{j["n"] / (j["wall_ms"] / 1000):.0f}',
-        rss_empty_kib=empty, rss_warm_kib=warm, rss_full_kib=full, entries=entries,
+        rss_empty_kib=empty, rss_warm_kib=warm,
+        rss_full_kib=str(int(full) + int(files or 0)), files_kib=files,
+        entries=entries,
         cache_bytes=cache_bytes, key_bytes=f"{key_bytes:.1f}",
         head_bytes=head)
 
@@ -312,9 +322,12 @@ def summary(groups, peers):
     g = groups.get(("h_mem", "coalesced"))
     if g:
         per = mem_per_entry(g)
-        md.append("| h. RSS growth per 1 KiB entry | bytes | " +
-                  " | ".join(f"{per:.0f}" if p == "coalesced" else "-"
-                             for p in peers) +
+        cells = []
+        for p in peers:
+            pg = groups.get(("h_mem", p))
+            cells.append(f"{mem_per_entry(pg):.0f}" if pg else "-")
+        md.append("| h. memory growth per 1 KiB entry | bytes | " +
+                  " | ".join(cells) +
                   f" | | ≤ {MEM_TARGET} | {ok(per <= MEM_TARGET)} |")
     return md
 
@@ -374,8 +387,9 @@ def report(csvpath, mdpath, latdat, hitdat):
     if memrows:
         md.append(f'## Memory ({int(memrows[0]["requests"]):,} distinct 1 KiB '
                   'bodies cached)\n')
-        md.append("| peer | RSS empty MiB | RSS warmed up MiB | RSS full MiB | "
-                  "RSS growth per entry B (above empty / above warmed up) | "
+        md.append("| peer | RSS empty MiB | RSS warmed up MiB | full MiB "
+                  "(RSS + cache files) | growth per entry B (above empty / "
+                  "above warmed up) | "
                   "cache accounting per entry B | overhead beyond key, head, body B "
                   "(RSS above empty / accounting) | entries | fill req/s |")
         md.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -545,13 +559,16 @@ mem_scenario() { # h: RSS of a fresh instance, then with mem_entries 1 KiB entri
       sleep 0.5
       # shellcheck disable=SC2086
       full=$(rss_kib ${PIDS[$peer/mem]})
+      # memory a peer holds outside its processes (nginx: cache files)
+      files=0
+      if declare -F "files_kib_$peer" >/dev/null; then files=$("files_kib_$peer" mem); fi
       stats=
       if declare -F "stats_$peer" >/dev/null; then stats=$("stats_$peer" mem); fi
       calls=$(upstream_total)
       # the stored response head: what a hit sends, less X-Cache and Age
       head=$(curl -s -D - -o /dev/null --max-time 5 "${url/\{k\}/0}" |
         grep -aiv '^x-cache:\|^age:' | wc -c)
-      py mem "$peer" h_mem "$rep" "$calls" "$empty" "$warm" "$full" "$stats" "$head" "$url" "$js" >>"$csv_tmp"
+      py mem "$peer" h_mem "$rep" "$calls" "$empty" "$warm" "$full" "$files" "$stats" "$head" "$url" "$js" >>"$csv_tmp"
       say "  h_mem        $peer rep $rep: RSS ${empty} KiB empty, ${warm} KiB warmed up, ${full} KiB with $mem_entries entries ($calls upstream calls)"
       peer_down "$peer" mem
     done
@@ -571,24 +588,31 @@ say "bench: $machine"
 say "bench: $versions; wrk ${wrk_version:-not installed}; peers: ${peers[*]}; $reps reps"
 started=$SECONDS
 
-for peer in "${peers[@]}"; do peer_up "$peer" main; done
-if ((floor)); then peer_up direct main; fi
-herd_scenario a_cold200 main 200 1 ""
-herd_scenario b_cold1000 main 1000 1 ""
-herd_scenario c_keys50x20 main 1000 50 ""
-stale_scenario
-hit_peers=("${peers[@]}")
-if ((ceiling)) && command -v nginx >/dev/null; then
-  peer_up nginx_static main
-  hit_peers+=(nginx_static)
+want() { [[ " $scenarios " == *" $1 "* ]]; }
+if want a || want b || want c || want d || want g; then
+  for peer in "${peers[@]}"; do peer_up "$peer" main; done
+  if ((floor)); then peer_up direct main; fi
 fi
-hit_scenario g_hit_1k 1024 "${hit_peers[@]}"
-if [[ -n ${PIDS[nginx_static/main]:-} ]]; then peer_down nginx_static main; fi
-hit_scenario g_hit_64k 65536 "${peers[@]}"
-for peer in "${peers[@]}"; do peer_down "$peer" main; done
-herd_scenario e_error500 fresh 200 1 "status=500"
-herd_scenario f_hang fresh 200 1 "fail=hang"
-mem_scenario
+if want a; then herd_scenario a_cold200 main 200 1 ""; fi
+if want b; then herd_scenario b_cold1000 main 1000 1 ""; fi
+if want c; then herd_scenario c_keys50x20 main 1000 50 ""; fi
+if want d; then stale_scenario; fi
+if want g; then
+  hit_peers=("${peers[@]}")
+  if ((ceiling)) && command -v nginx >/dev/null; then
+    peer_up nginx_static main
+    hit_peers+=(nginx_static)
+  fi
+  hit_scenario g_hit_1k 1024 "${hit_peers[@]}"
+  if [[ -n ${PIDS[nginx_static/main]:-} ]]; then peer_down nginx_static main; fi
+  hit_scenario g_hit_64k 65536 "${peers[@]}"
+fi
+for peer in "${peers[@]}"; do
+  if [[ -n ${PIDS[$peer/main]:-} ]]; then peer_down "$peer" main; fi
+done
+if want e; then herd_scenario e_error500 fresh 200 1 "status=500"; fi
+if want f; then herd_scenario f_hang fresh 200 1 "fail=hang"; fi
+if want h; then mem_scenario; fi
 elapsed=$((SECONDS - started))
 
 # ---- report -------------------------------------------------------------------------------
@@ -661,8 +685,11 @@ cat >>"$md_tmp" <<'EOF'
 - g: the 5 s ttl runs out during a rep, so each peer makes a background
   refresh or two per rep. "share of the ceiling" divides by the rate of
   nginx answering a fixed 1 KiB body from its configuration.
-- h: "RSS growth per entry" is (RSS full - RSS empty) / entries, the
-  issue's measure; "above warmed up" starts from the RSS after 20,000
+- h: "growth per entry" is (full - empty) / entries, where a peer's
+  memory is its RSS (several processes: their summed Pss, so nginx's
+  shared keys zone counts once) plus, for nginx, the blocks of its cache
+  files on tmpfs (page cache that no RSS shows); for coalesced that is
+  its RSS growth, the issue's measure; "above warmed up" starts from the RSS after 20,000
   uncached requests (404s) at the fill's concurrency, so the connections'
   and upstream handles' working set is not charged to the entries; "cache
   accounting" is the daemon's own cache.bytes / entries. The overhead column

@@ -138,3 +138,8 @@ start_varnish() { # profile
 }
 stop_varnish() { stop_tree "${PIDS[varnish/$1]}"; }
 version_varnish() { varnishd -V 2>&1 | sed -n '1s/.*(varnish-\([^ ]*\).*/varnish \1/p'; }
+
+# Memory nginx holds outside its processes: its cache files (tmpfs pages).
+files_kib_nginx() { # profile
+  du -sk "${ADMIN[nginx/$1]}/cache" 2>/dev/null | awk '{print $1}' || echo 0
+}
