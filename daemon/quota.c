@@ -13,6 +13,10 @@
  * - GCRA: tat - now <= burst_ns after every commit; all ns quantities stay
  *   below 2^62 (NS_CAP), so tat + interval never wraps for a clock below
  *   2^63 ns (292 years of uptime).
+ * - Period windows live on a "period timeline" (period_time): Unix-epoch
+ *   wall ns, or clock readings with align_start. period_start only moves
+ *   forward to a later window (used = 0); if the timeline steps back it
+ *   takes the earlier window but keeps the use.
  */
 #include "quota.h"
 
@@ -22,28 +26,39 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define QUOTA_MAGIC 0x51554f54u /* "QUOT" */
 #define NS_CAP ((uint64_t)1 << 62)
 #define NS_PER_MS COALESCE_NS_PER_MS
 #define NS_PER_S COALESCE_NS_PER_SEC
+#define WEEK_NS (UINT64_C(7) * 86400 * NS_PER_S)
+/* 1970-01-05, the first Monday: weeks start on Monday 00:00 UTC (ISO). */
+#define MONDAY_NS (UINT64_C(4) * 86400 * NS_PER_S)
+/* Month counts above this (100,000 years) are read as plain durations. */
+#define MAX_MONTHS 1200000u
 
 struct quota {
   uint32_t magic;
   quota_t *parent;
   const coalesce_clock_t *clock;
-  double rate;          /* 0: no bucket */
+  double rate; /* 0: no bucket */
   uint32_t burst;
   uint64_t interval_ns; /* one call's worth of time; 0: no bucket */
   uint64_t burst_ns;    /* burst * interval_ns, capped */
   uint64_t period_ns;   /* 0: no period cap */
   uint64_t period_max;
+  uint32_t months;      /* > 0: the period is that many calendar months */
+  uint64_t period_base; /* windows: period_base + k * period_ns */
+  bool align_start;     /* period timeline = the clock, not the wall */
+  int64_t wall_offset;  /* wall = clock + this, for an injected clock */
   double low_fraction;
   bool obey;
 
   pthread_mutex_t lock;
-  uint64_t tat;           /* GCRA theoretical arrival time */
-  uint64_t period_start;  /* clock reading at the current period's start */
+  uint64_t tat;          /* GCRA theoretical arrival time */
+  uint64_t period_start; /* current window on the period timeline */
+  uint64_t period_end;
   uint64_t period_used;
   uint64_t blocked_until; /* obey: no take before this reading */
   /* the upstream's account */
@@ -51,7 +66,7 @@ struct quota {
   rl_family_t source;
   int64_t limit, remaining, window_s;
   bool has_reset;
-  uint64_t reset_at;      /* clock reading */
+  uint64_t reset_at; /* clock reading */
   time_t observed_at;
   uint64_t observed_ns;
   /* counters */
@@ -69,7 +84,57 @@ static uint64_t sat_mul(uint64_t a, uint64_t b) {
   return a * b > NS_CAP ? NS_CAP : a * b;
 }
 
-static uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static uint64_t max_u64(uint64_t a, uint64_t b) {
+  return a > b ? a : b;
+}
+
+/* ------------------------------------------------------------ windows */
+
+/* Now on the period timeline (see the invariants). */
+static uint64_t period_time(const quota_t *q, uint64_t mono) {
+  if (q->align_start)
+    return mono;
+  if (q->clock != NULL) /* modular: the offset may be negative */
+    return mono + (uint64_t)q->wall_offset;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_REALTIME, &ts) != 0 || ts.tv_sec < 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+/* 00:00 UTC on the 1st of month `idx` (months since January 1970). */
+static uint64_t month_start_ns(uint64_t idx) {
+  struct tm tm = {
+      .tm_year = (int)(70 + idx / 12), .tm_mon = (int)(idx % 12), .tm_mday = 1};
+  time_t s = timegm(&tm);
+  return s < 0 ? NS_CAP : sat_mul((uint64_t)s, NS_PER_S);
+}
+
+/* The window [*start, *end) containing timeline instant t. */
+static void window_at(const quota_t *q, uint64_t t, uint64_t *start,
+                      uint64_t *end) {
+  if (q->months != 0) {
+    time_t s = (time_t)(t / NS_PER_S);
+    struct tm tm;
+    if (gmtime_r(&s, &tm) != NULL && tm.tm_year >= 70) {
+      uint64_t idx = (uint64_t)(tm.tm_year - 70) * 12 + (uint64_t)tm.tm_mon;
+      idx -= idx % q->months;
+      *start = month_start_ns(idx);
+      *end = month_start_ns(idx + q->months);
+      return;
+    }
+    *start = 0; /* unreadable time: one long window, never a free budget */
+    *end = NS_CAP;
+    return;
+  }
+  if (t < q->period_base) { /* before the first boundary (synthetic) */
+    *start = 0;
+    *end = q->period_base;
+    return;
+  }
+  *start = t - (t - q->period_base) % q->period_ns;
+  *end = *start + q->period_ns; /* both < 2^63 */
+}
 
 void quota_opts_init(quota_opts_t *o) {
   *o = (quota_opts_t){.low_fraction = QUOTA_DEFAULT_LOW_FRACTION};
@@ -107,12 +172,26 @@ quota_t *quota_new(const quota_opts_t *o) {
   }
   q->period_ns = sat_mul(o->period_ms, NS_PER_MS);
   q->period_max = o->period_max;
+  q->align_start = o->align_start;
+  q->wall_offset = o->wall_offset_ns;
+  if (!q->align_start && o->period_ms != 0) {
+    if (o->period_ms % QUOTA_MONTH_MS == 0 &&
+        o->period_ms / QUOTA_MONTH_MS <= MAX_MONTHS)
+      q->months = (uint32_t)(o->period_ms / QUOTA_MONTH_MS);
+    else if (q->period_ns % WEEK_NS == 0)
+      q->period_base = MONDAY_NS;
+  }
   q->low_fraction = o->low_fraction;
   q->obey = o->obey_upstream;
   q->limit = q->remaining = q->window_s = RL_ABSENT;
   uint64_t now = coalesce_clock_now(q->clock);
   q->tat = now; /* a full bucket */
-  q->period_start = now;
+  if (q->period_ns != 0) {
+    uint64_t t = period_time(q, now);
+    if (q->align_start)
+      q->period_base = t;
+    window_at(q, t, &q->period_start, &q->period_end); /* a partial one */
+  }
   return q;
 }
 
@@ -127,25 +206,38 @@ void quota_free(quota_t *q) {
 
 /* ------------------------------------------------------------------ take */
 
-/* The start and use of the period containing `now`, without changing q
+/* The window and use at timeline instant t, without changing q
  * (snapshots must not move state; takes store the result). */
-static void period_at(const quota_t *q, uint64_t now, uint64_t *start,
-                      uint64_t *used) {
-  *start = q->period_start;
-  *used = q->period_used;
-  if (now > *start && now - *start >= q->period_ns) {
-    *start += (now - *start) / q->period_ns * q->period_ns;
-    *used = 0;
-  }
+typedef struct period {
+  uint64_t start, end, used;
+} period_t;
+
+static period_t period_at(const quota_t *q, uint64_t t) {
+  period_t p = {q->period_start, q->period_end, q->period_used};
+  if (t >= p.start && t < p.end)
+    return p; /* the common case: no calendar arithmetic */
+  window_at(q, t, &p.start, &p.end);
+  if (p.start > q->period_start)
+    p.used = 0; /* a later window; an earlier one (the wall clock
+                 * stepped back) keeps the use: a step is no fresh budget */
+  return p;
+}
+
+static void period_store(quota_t *q, period_t p) {
+  q->period_start = p.start;
+  q->period_end = p.end;
+  q->period_used = p.used;
 }
 
 /* How long until this level allows one call; 0 = now. Lock held. */
 static uint64_t level_wait(quota_t *q, uint64_t now) {
   uint64_t wait = q->blocked_until > now ? q->blocked_until - now : 0;
   if (q->period_ns != 0) {
-    period_at(q, now, &q->period_start, &q->period_used);
-    if (q->period_used >= q->period_max)
-      wait = max_u64(wait, q->period_start + q->period_ns - now);
+    uint64_t t = period_time(q, now);
+    period_t p = period_at(q, t);
+    period_store(q, p);
+    if (p.used >= q->period_max)
+      wait = max_u64(wait, p.end > t ? p.end - t : 1);
   }
   if (q->interval_ns != 0) {
     uint64_t next = max_u64(q->tat, now) + q->interval_ns;
@@ -223,8 +315,8 @@ static void observe_one(quota_t *q, const rl_info_t *rl, bool any, int status,
   if (q->obey) {
     int64_t block_s = RL_ABSENT;
     if (status == 429)
-      block_s = rl->retry_after_s != RL_ABSENT ? rl->retry_after_s
-                                               : rl->reset_s;
+      block_s =
+          rl->retry_after_s != RL_ABSENT ? rl->retry_after_s : rl->reset_s;
     else if (any && rl->remaining == 0)
       block_s = rl->reset_s;
     if (block_s > 0)
@@ -258,8 +350,7 @@ static bool low_locked(const quota_t *q, uint64_t now) {
     }
   }
   if (q->period_ns != 0) {
-    uint64_t start, used;
-    period_at(q, now, &start, &used);
+    uint64_t used = period_at(q, period_time(q, now)).used;
     uint64_t left = used >= q->period_max ? 0 : q->period_max - used;
     if ((double)left < f * (double)q->period_max)
       return true;
@@ -289,13 +380,16 @@ void quota_snapshot(quota_t *q, quota_snapshot_t *out) {
   }
   out->has_period = q->period_ns != 0;
   if (out->has_period) {
-    uint64_t start, used;
-    period_at(q, now, &start, &used);
+    uint64_t t = period_time(q, now);
+    period_t p = period_at(q, t);
     out->period_ms = q->period_ns / NS_PER_MS;
     out->period_max = q->period_max;
-    out->period_used = used;
-    out->period_remaining = used >= q->period_max ? 0 : q->period_max - used;
-    out->period_reset_in_ms = (start + q->period_ns - now) / NS_PER_MS;
+    out->period_used = p.used;
+    out->period_remaining =
+        p.used >= q->period_max ? 0 : q->period_max - p.used;
+    /* Rounded up, so a reset is never shown as 0 before it happens. */
+    out->period_reset_in_ms =
+        p.end > t ? (p.end - t + NS_PER_MS - 1) / NS_PER_MS : 0;
   }
   if (q->blocked_until > now)
     out->blocked_for_ms = (q->blocked_until - now + NS_PER_MS - 1) / NS_PER_MS;
@@ -310,10 +404,10 @@ void quota_snapshot(quota_t *q, quota_snapshot_t *out) {
   out->window_s = q->window_s;
   out->reset_in_s = RL_ABSENT;
   if (q->has_reset)
-    out->reset_in_s = q->reset_at > now
-                          ? (int64_t)((q->reset_at - now + NS_PER_S - 1) /
-                                      NS_PER_S)
-                          : 0;
+    out->reset_in_s =
+        q->reset_at > now
+            ? (int64_t)((q->reset_at - now + NS_PER_S - 1) / NS_PER_S)
+            : 0;
   out->observed_at = q->observed_at;
   out->observed_age_ms = q->observed ? (now - q->observed_ns) / NS_PER_MS : 0;
   out->low = low_locked(q, now);
@@ -333,13 +427,26 @@ static const struct {
   const char *name;
   uint64_t ms;
 } units[] = {
-    {"ms", 1},           {"s", 1000},          {"sec", 1000},
-    {"second", 1000},    {"seconds", 1000},    {"m", 60000},
-    {"min", 60000},      {"minute", 60000},    {"minutes", 60000},
-    {"h", 3600000},      {"hour", 3600000},    {"hours", 3600000},
-    {"d", 86400000},     {"day", 86400000},    {"days", 86400000},
-    {"w", 604800000},    {"week", 604800000},  {"weeks", 604800000},
-    {"month", 2592000000}, {"months", 2592000000}, /* 30 days */
+    {"ms", 1},
+    {"s", 1000},
+    {"sec", 1000},
+    {"second", 1000},
+    {"seconds", 1000},
+    {"m", 60000},
+    {"min", 60000},
+    {"minute", 60000},
+    {"minutes", 60000},
+    {"h", 3600000},
+    {"hour", 3600000},
+    {"hours", 3600000},
+    {"d", 86400000},
+    {"day", 86400000},
+    {"days", 86400000},
+    {"w", 604800000},
+    {"week", 604800000},
+    {"weeks", 604800000},
+    {"month", QUOTA_MONTH_MS},
+    {"months", QUOTA_MONTH_MS}, /* calendar */
 };
 
 static const char *skip_ws(const char *s) {
@@ -408,7 +515,7 @@ static int parse_per(const char *s, double *n, bool *whole, uint64_t *ms) {
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
     if (strlen(units[i].name) == len &&
         strncasecmp(p, units[i].name, len) == 0) {
-      *ms = count * units[i].ms; /* <= 10^6 * 2.6e9: no overflow */
+      *ms = count * units[i].ms; /* <= 10^6 * 2.7e9: no overflow */
       return 0;
     }
   return COALESCE_EINVAL;

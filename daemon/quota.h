@@ -27,9 +27,19 @@
  * "theoretical arrival time" (tat) one interval (1/rate) on; a call is
  * allowed while tat - now <= burst intervals. No floating point on the
  * hot path and no refill timer.
- * Period: fixed windows of period_ms starting at quota_new() (the clock
- * has no calendar: "per day" means per 24 h since start, and a restart
- * starts afresh — the upstream's own fields stay the durable truth).
+ * Period: windows aligned to UTC, as metered upstreams count them: a
+ * period that is a whole number of QUOTA_MONTH_MS counts calendar months
+ * (the 1st 00:00 UTC to the next 1st; N months from January 1970), a whole
+ * number of weeks starts on Monday 00:00 UTC, and any other period is a
+ * multiple of itself since the Unix epoch ("/day" from 00:00 UTC, "/15m"
+ * at :00 :15 :30 :45), so every instance of a fleet agrees. The first
+ * window after quota_new() is partial but gets the whole period_max (the
+ * calls made before start are unknown). Windows come from the wall clock
+ * (CLOCK_REALTIME, or the injected clock + wall_offset_ns); waits are
+ * durations. Should the wall clock step back across a boundary, the use
+ * so far is kept (a step is no fresh budget). align_start restores windows
+ * from quota_new() on the monotonic clock. A restart starts afresh — the
+ * upstream's own fields stay the durable truth.
  *
  * ---------------------------------------------------------------- wiring
  * (for the proxy and the admin listener)
@@ -77,8 +87,9 @@
  *                                  per API key: when clients bring their own
  *                                  keys, one client's exhaustion must not
  *                                  block the others.
- * Units: s, m (minute), h, d/day, w/week, month (30 days), optionally with a
- * count ("100/15m"); names may be spelt out (sec, min, hour...).
+ * Units: ms, s, m (minute), h, d/day, w/week, month (calendar months),
+ * optionally with a count ("100/15m"); names may be spelt out (sec, min,
+ * hour...).
  */
 #ifndef COALESCED_QUOTA_H
 #define COALESCED_QUOTA_H
@@ -96,22 +107,31 @@
 /* An upstream's word blocks for at most this long (a misread epoch must
  * not shut an upstream for years). */
 #define QUOTA_MAX_BLOCK_S (31 * 86400)
+/* "/month" in ms: the mean Gregorian month (365.2425 d / 12), so stats
+ * show a true average; quota_new() reads a period_ms that is a whole
+ * multiple of it as that many calendar months. */
+#define QUOTA_MONTH_MS UINT64_C(2629746000)
 
 typedef struct quota quota_t;
 
 typedef struct quota_opts {
-  double rate_per_sec;  /* token bucket refill; 0 = no bucket */
-  uint32_t burst;       /* bucket size; 0 = ceil(rate_per_sec), min 1 */
-  uint64_t period_ms;   /* fixed period for period_max; 0 = no cap */
-  uint64_t period_max;  /* calls per period; 0 = no cap */
-  double low_fraction;  /* quota_low() below this remaining fraction */
-  bool obey_upstream;   /* refuse while the upstream says it is exhausted */
-  quota_t *parent;      /* takes spend from it too; must outlive this one */
+  double rate_per_sec; /* token bucket refill; 0 = no bucket */
+  uint32_t burst;      /* bucket size; 0 = ceil(rate_per_sec), min 1 */
+  uint64_t period_ms;  /* period for period_max (UTC-aligned); 0 = no cap */
+  uint64_t period_max; /* calls per period; 0 = no cap */
+  double low_fraction; /* quota_low() below this remaining fraction */
+  bool obey_upstream;  /* refuse while the upstream says it is exhausted */
+  quota_t *parent;     /* takes spend from it too; must outlive this one */
   const coalesce_clock_t *clock; /* NULL: CLOCK_MONOTONIC; must outlive */
+  /* Unix-epoch wall time for the period windows. With clock NULL it is
+   * CLOCK_REALTIME and this is ignored; with an injected clock (tests) it
+   * is clock + wall_offset_ns. */
+  int64_t wall_offset_ns;
+  bool align_start; /* windows from quota_new(), not UTC boundaries */
 } quota_opts_t;
 
 /* Defaults: no budget, low_fraction QUOTA_DEFAULT_LOW_FRACTION, no
- * obeying, no parent, the monotonic clock. */
+ * obeying, no parent, the monotonic clock, UTC-aligned windows. */
 void quota_opts_init(quota_opts_t *o);
 
 /* NULL on allocation failure or invalid options (negative or non-finite
@@ -145,32 +165,32 @@ void quota_observe(quota_t *q, const hdr_t *headers, size_t n, int status,
 
 typedef struct quota_snapshot {
   /* local budget */
-  bool has_rate;          /* a token bucket is configured */
+  bool has_rate; /* a token bucket is configured */
   double rate_per_sec;
   uint32_t burst;
-  double tokens;          /* calls the bucket would allow now (fractional) */
-  bool has_period;        /* a period cap is configured */
+  double tokens;   /* calls the bucket would allow now (fractional) */
+  bool has_period; /* a period cap is configured */
   uint64_t period_ms;
   uint64_t period_max;
-  uint64_t period_used;   /* in the current period */
+  uint64_t period_used; /* in the current period */
   uint64_t period_remaining;
   uint64_t period_reset_in_ms;
   uint64_t blocked_for_ms; /* obey_upstream: time left on the block */
   /* counters (quota_reset_stats clears them) */
-  uint64_t granted;       /* calls allowed by this level */
-  uint64_t rejections;    /* takes this level refused */
+  uint64_t granted;    /* calls allowed by this level */
+  uint64_t rejections; /* takes this level refused */
   uint64_t upstream_429s;
-  uint64_t observations;  /* responses that carried rate-limit fields */
+  uint64_t observations; /* responses that carried rate-limit fields */
   /* the upstream's own account, as last observed (RL_ABSENT = unknown) */
   bool observed;
   rl_family_t source;
   int64_t limit;
   int64_t remaining;
-  int64_t reset_in_s;     /* from the snapshot's time; 0 once passed */
+  int64_t reset_in_s; /* from the snapshot's time; 0 once passed */
   int64_t window_s;
-  time_t observed_at;     /* wall clock of that response */
+  time_t observed_at; /* wall clock of that response */
   uint64_t observed_age_ms;
-  bool low;               /* quota_low() */
+  bool low; /* quota_low() */
 } quota_snapshot_t;
 
 void quota_snapshot(quota_t *q, quota_snapshot_t *out);
@@ -190,7 +210,8 @@ void quota_reset_stats(quota_t *q);
  * spaces allowed around the parts. */
 int quota_parse_rate(const char *s, double *per_sec);
 /* quota_parse_period: "10000/day", "500000/month", "100/15m" -> a whole
- * number of calls and a period in ms; "off", "none", "0" -> 0 and 0. */
+ * number of calls and a period in ms ("month" = QUOTA_MONTH_MS); "off",
+ * "none", "0" -> 0 and 0. */
 int quota_parse_period(const char *s, uint64_t *max, uint64_t *period_ms);
 
 #endif

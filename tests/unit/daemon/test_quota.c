@@ -1,7 +1,8 @@
-/* test_quota.c — the local call budget (token bucket, period cap, route
- * chains), the observed upstream quota, quota_low, obeying the upstream,
- * the config value parsers, and takes from several threads. The fake clock
- * moves time; nothing sleeps. */
+/* test_quota.c — the local call budget (token bucket, period cap and its
+ * UTC-aligned windows, route chains), the observed upstream quota,
+ * quota_low, obeying the upstream, the config value parsers, and takes
+ * from several threads. The fake clock moves time (wall_offset_ns pins it
+ * to a UTC date); nothing sleeps. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -36,6 +37,27 @@ static int takes(quota_t *q, int n) {
   for (int i = 0; i < n; i++)
     ok += quota_take(q, NULL) == 0;
   return ok;
+}
+
+/* A period cap whose wall clock reads `wall_s` (Unix s) right now. */
+static quota_t *make_at(fake_clock_t *fc, uint64_t period_ms, uint64_t max,
+                        int64_t wall_s) {
+  quota_opts_t o;
+  quota_opts_init(&o);
+  o.period_ms = period_ms;
+  o.period_max = max;
+  o.clock = &fc->clock;
+  o.wall_offset_ns = wall_s * (int64_t)COALESCE_NS_PER_SEC -
+                     (int64_t)coalesce_clock_now(&fc->clock);
+  quota_t *q = quota_new(&o);
+  assert_non_null(q);
+  return q;
+}
+
+static uint64_t reset_in_ms(quota_t *q) {
+  quota_snapshot_t s;
+  quota_snapshot(q, &s);
+  return s.period_reset_in_ms;
 }
 
 /* "Name: value" lines -> hdr_t, then quota_observe. */
@@ -123,11 +145,20 @@ static void test_default_burst_and_unlimited(void **state) {
 
 /* ---------------------------------------------------------- period cap */
 
-static void test_period_cap_resets_at_boundary(void **state) {
+/* align_start: the old fixed windows from quota_new(). */
+static void test_period_cap_aligned_to_start(void **state) {
   (void)state;
   fake_clock_t fc;
   fake_clock_init(&fc);
-  quota_t *q = make(&fc, 0, 0, 86400 * 1000, 5);
+  quota_opts_t o;
+  quota_opts_init(&o);
+  o.period_ms = 86400 * 1000;
+  o.period_max = 5;
+  o.clock = &fc.clock;
+  o.wall_offset_ns = 1700000000 * (int64_t)COALESCE_NS_PER_SEC; /* unused */
+  o.align_start = true;
+  quota_t *q = quota_new(&o);
+  assert_non_null(q);
   fake_clock_advance(&fc, SEC(3600));
   assert_int_equal(takes(q, 5), 5);
   uint64_t wait;
@@ -182,6 +213,149 @@ static void test_bucket_and_period_spend_together(void **state) {
   quota_free(q);
 }
 
+/* ------------------------------------------------- UTC-aligned windows */
+
+#define T_2024_03_10_235950 INT64_C(1710115190)
+#define T_2024_03_11 INT64_C(1710115200) /* a Monday */
+#define T_2024_03_13_120730 INT64_C(1710331650)
+
+static void test_day_resets_at_utc_midnight(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  quota_t *q = make_at(&fc, 86400 * 1000, 5, T_2024_03_10_235950);
+  /* The first window is 10 s long but holds the whole budget. */
+  assert_int_equal(reset_in_ms(q), 10000);
+  assert_int_equal(takes(q, 5), 5);
+  uint64_t wait;
+  assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
+  assert_int_equal(wait, SEC(10)); /* to 00:00:00 UTC, not start + 24 h */
+  fake_clock_advance(&fc, SEC(10) - 1);
+  assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
+  assert_int_equal(wait, 1);
+  assert_int_equal(reset_in_ms(q), 1); /* rounded up, never 0 early */
+  fake_clock_advance(&fc, 1);          /* 00:00:00 */
+  assert_int_equal(reset_in_ms(q), 86400 * 1000);
+  assert_int_equal(takes(q, 9), 5);
+  assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
+  assert_int_equal(wait, SEC(86400));
+  quota_snapshot_t s;
+  quota_snapshot(q, &s);
+  assert_int_equal(s.period_ms, 86400 * 1000);
+  assert_int_equal(s.period_used, 5);
+  assert_int_equal(s.rejections, 3 + 4);
+
+  /* The wall clock steps back across midnight: the day's use stays. */
+  fake_clock_advance(&fc, (uint64_t)0 - SEC(5)); /* 23:59:55 */
+  assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
+  assert_int_equal(wait, SEC(5));
+  quota_free(q);
+}
+
+static void test_month_has_its_calendar_length(void **state) {
+  (void)state;
+  static const struct {
+    int64_t start; /* the 1st, 00:00 UTC */
+    uint64_t days;
+  } t[] = {
+      {INT64_C(1830297600), 31}, /* 2028-01 */
+      {INT64_C(1832976000), 29}, /* 2028-02, leap */
+      {INT64_C(1801440000), 28}, /* 2027-02 */
+      {INT64_C(1838160000), 30}, /* 2028-04 */
+      {INT64_C(1827619200), 31}, /* 2027-12, into the next year */
+  };
+  for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+    fake_clock_t fc;
+    fake_clock_init(&fc);
+    quota_t *q = make_at(&fc, QUOTA_MONTH_MS, 1, t[i].start);
+    uint64_t wait;
+    assert_int_equal(quota_take(q, NULL), 0);
+    assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
+    if (wait != SEC(t[i].days * 86400))
+      fail_msg("month %zu: wait %llu s, want %llu days", i,
+               (unsigned long long)(wait / COALESCE_NS_PER_SEC),
+               (unsigned long long)t[i].days);
+    fake_clock_advance(&fc, wait - 1);
+    assert_int_equal(quota_take(q, NULL), QUOTA_EMPTY);
+    fake_clock_advance(&fc, 1); /* the next 1st */
+    assert_int_equal(quota_take(q, NULL), 0);
+    quota_free(q);
+  }
+
+  /* Mid-month start: the partial window ends on the 1st; stats show the
+   * mean month. 2028-02-15 12:00 -> 2028-03-01 = 14.5 days. */
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  quota_t *q = make_at(&fc, QUOTA_MONTH_MS, 10, INT64_C(1834228800));
+  quota_snapshot_t s;
+  quota_snapshot(q, &s);
+  assert_int_equal(s.period_reset_in_ms, (uint64_t)(14 * 86400 + 43200) * 1000);
+  assert_int_equal(s.period_ms, QUOTA_MONTH_MS);
+  quota_free(q);
+
+  /* Three months: quarters from January. Feb 15 -> Apr 1 2028. */
+  q = make_at(&fc, 3 * QUOTA_MONTH_MS, 10, INT64_C(1834228800));
+  assert_int_equal(reset_in_ms(q), (uint64_t)(1838160000 - 1834228800) * 1000);
+  quota_free(q);
+
+  /* 30 days is a duration, not a month: multiples since the epoch. */
+  q = make_at(&fc, 2592000000, 10, INT64_C(1834228800));
+  assert_int_equal(reset_in_ms(q),
+                   (2592000 - 1834228800 % 2592000) * UINT64_C(1000));
+  quota_free(q);
+}
+
+static void test_durations_align_to_the_epoch(void **state) {
+  (void)state;
+  fake_clock_t fc;
+  fake_clock_init(&fc);
+  /* Two instances started 4.5 min apart share the :15 boundary. */
+  quota_t *a = make_at(&fc, 15 * 60000, 2, T_2024_03_13_120730);
+  fake_clock_advance(&fc, SEC(270));
+  quota_t *b = make_at(&fc, 15 * 60000, 2, T_2024_03_13_120730 + 270);
+  assert_int_equal(takes(a, 3), 2);
+  assert_int_equal(takes(b, 3), 2);
+  uint64_t wa, wb;
+  assert_int_equal(quota_take(a, &wa), QUOTA_EMPTY);
+  assert_int_equal(quota_take(b, &wb), QUOTA_EMPTY);
+  assert_int_equal(wa, SEC(180)); /* 12:12:00 -> 12:15:00 */
+  assert_int_equal(wb, SEC(180));
+  fake_clock_advance(&fc, SEC(180));
+  assert_int_equal(takes(a, 3), 2);
+  assert_int_equal(reset_in_ms(a), 15 * 60000);
+  quota_free(a);
+  quota_free(b);
+
+  /* reset_in at various points of an hour, a 2 h and a 1 s window. */
+  fake_clock_init(&fc);
+  a = make_at(&fc, 3600000, 1, T_2024_03_13_120730); /* 12:07:30 */
+  b = make_at(&fc, 2 * 3600000, 1, T_2024_03_13_120730);
+  quota_t *c = make_at(&fc, 1000, 1, T_2024_03_13_120730);
+  assert_int_equal(reset_in_ms(a), (52 * 60 + 30) * 1000);
+  assert_int_equal(reset_in_ms(b), (112 * 60 + 30) * 1000); /* to 14:00 */
+  assert_int_equal(reset_in_ms(c), 1000);
+  fake_clock_advance(&fc, SEC(52 * 60 + 29) + MS(500)); /* 12:59:59.5 */
+  assert_int_equal(reset_in_ms(a), 500);
+  assert_int_equal(reset_in_ms(b), 3600000 + 500);
+  assert_int_equal(reset_in_ms(c), 500);
+  fake_clock_advance(&fc, MS(500) - 1); /* 1 ns before 13:00 */
+  assert_int_equal(reset_in_ms(a), 1);
+  fake_clock_advance(&fc, 1);
+  assert_int_equal(reset_in_ms(a), 3600000);
+  assert_int_equal(reset_in_ms(b), 3600000);
+  quota_free(a);
+  quota_free(b);
+  quota_free(c);
+
+  /* Weeks start on Monday 00:00 UTC (2024-03-11), not the epoch's
+   * Thursday. From Wednesday 12:07:30: 4 d 11:52:30 left. */
+  a = make_at(&fc, 7 * 86400000, 1, T_2024_03_13_120730);
+  assert_int_equal(reset_in_ms(a),
+                   (uint64_t)(T_2024_03_11 + 7 * 86400 - T_2024_03_13_120730) *
+                       1000);
+  quota_free(a);
+}
+
 /* ------------------------------------------------------- route chains */
 
 static void test_route_and_upstream_spend_together(void **state) {
@@ -204,7 +378,7 @@ static void test_route_and_upstream_spend_together(void **state) {
   assert_int_equal(takes(b, 5), 1); /* the upstream's third call */
   uint64_t wait;
   assert_int_equal(quota_take(b, &wait), QUOTA_EMPTY);
-  assert_int_equal(wait, SEC(60));
+  assert_int_equal(wait, SEC(20)); /* wall 00:16:40 UTC: the next minute */
   quota_snapshot_t s;
   quota_snapshot(b, &s);
   assert_int_equal(s.granted, 1);
@@ -354,9 +528,10 @@ static void test_observe_and_snapshot(void **state) {
   assert_int_equal(s.limit, RL_ABSENT);
   assert_int_equal(s.reset_in_s, RL_ABSENT);
 
-  observe(q, 200, (const char *[]){"X-RateLimit-Limit: 5000",
-                                   "X-RateLimit-Remaining: 4000",
-                                   "X-RateLimit-Reset: 1700000060", NULL});
+  observe(q, 200,
+          (const char *[]){"X-RateLimit-Limit: 5000",
+                           "X-RateLimit-Remaining: 4000",
+                           "X-RateLimit-Reset: 1700000060", NULL});
   fake_clock_advance(&fc, SEC(10));
   quota_snapshot(q, &s);
   assert_true(s.observed);
@@ -386,7 +561,7 @@ static void test_observe_and_snapshot(void **state) {
   quota_reset_stats(q);
   quota_snapshot(q, &s);
   assert_int_equal(s.upstream_429s + s.observations + s.granted, 0);
-  assert_int_equal(s.remaining, 100); /* observations stay */
+  assert_int_equal(s.remaining, 100);  /* observations stay */
   quota_observe(q, NULL, 3, 200, NOW); /* no headers at all */
   quota_free(q);
 }
@@ -397,19 +572,22 @@ static void test_low_thresholds(void **state) {
   fake_clock_init(&fc);
   quota_t *q = make(&fc, 0, 0, 0, 0); /* default fraction 0.1 */
   assert_false(quota_low(q));
-  observe(q, 200, (const char *[]){"RateLimit-Limit: 100",
-                                   "RateLimit-Remaining: 10", NULL});
+  observe(q, 200,
+          (const char *[]){"RateLimit-Limit: 100", "RateLimit-Remaining: 10",
+                           NULL});
   assert_false(quota_low(q)); /* exactly 10%: not below */
-  observe(q, 200, (const char *[]){"RateLimit-Remaining: 9",
-                                   "RateLimit-Reset: 30", NULL});
+  observe(
+      q, 200,
+      (const char *[]){"RateLimit-Remaining: 9", "RateLimit-Reset: 30", NULL});
   assert_true(quota_low(q));
   quota_snapshot_t s;
   quota_snapshot(q, &s);
   assert_true(s.low);
   fake_clock_advance(&fc, SEC(30)); /* the upstream's window turned over */
   assert_false(quota_low(q));
-  observe(q, 200, (const char *[]){"RateLimit-Limit: 100",
-                                   "RateLimit-Remaining: 50", NULL});
+  observe(q, 200,
+          (const char *[]){"RateLimit-Limit: 100", "RateLimit-Remaining: 50",
+                           NULL});
   assert_false(quota_low(q));
   quota_free(q);
 
@@ -423,15 +601,17 @@ static void test_low_thresholds(void **state) {
   o.clock = &fc.clock;
   o.low_fraction = 0; /* never degraded */
   q = quota_new(&o);
-  observe(q, 200, (const char *[]){"X-RateLimit-Limit: 10",
-                                   "X-RateLimit-Remaining: 0", NULL});
+  observe(q, 200,
+          (const char *[]){"X-RateLimit-Limit: 10", "X-RateLimit-Remaining: 0",
+                           NULL});
   assert_false(quota_low(q));
   quota_free(q);
 
   o.low_fraction = 0.5;
   q = quota_new(&o);
-  observe(q, 200, (const char *[]){"X-RateLimit-Limit: 10",
-                                   "X-RateLimit-Remaining: 4", NULL});
+  observe(q, 200,
+          (const char *[]){"X-RateLimit-Limit: 10", "X-RateLimit-Remaining: 4",
+                           NULL});
   assert_true(quota_low(q));
   quota_free(q);
 
@@ -457,8 +637,8 @@ static void test_obey_upstream(void **state) {
   quota_t *q = quota_new(&o);
   uint64_t wait;
 
-  observe(q, 200, (const char *[]){"RateLimit: limit=10, remaining=0, reset=30",
-                                   NULL});
+  observe(q, 200,
+          (const char *[]){"RateLimit: limit=10, remaining=0, reset=30", NULL});
   assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
   assert_int_equal(wait, SEC(30));
   fake_clock_advance(&fc, SEC(30));
@@ -466,8 +646,8 @@ static void test_obey_upstream(void **state) {
 
   /* A 429's Retry-After beats its reset; an upstream's word never
    * shortens a block already in force. */
-  observe(q, 429, (const char *[]){"Retry-After: 5", "RateLimit-Reset: 60",
-                                   NULL});
+  observe(q, 429,
+          (const char *[]){"Retry-After: 5", "RateLimit-Reset: 60", NULL});
   assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
   assert_int_equal(wait, SEC(5));
   observe(q, 429, (const char *[]){"Retry-After: 2", NULL});
@@ -486,8 +666,9 @@ static void test_obey_upstream(void **state) {
    * capped. */
   observe(q, 429, (const char *[]){"X-RateLimit-Remaining: 0", NULL});
   assert_int_equal(quota_take(q, NULL), 0);
-  observe(q, 200, (const char *[]){"X-RateLimit-Remaining: 0",
-                                   "X-RateLimit-Reset: 9000000000", NULL});
+  observe(q, 200,
+          (const char *[]){"X-RateLimit-Remaining: 0",
+                           "X-RateLimit-Reset: 9000000000", NULL});
   assert_int_equal(quota_take(q, &wait), QUOTA_EMPTY);
   assert_int_equal(wait, SEC(QUOTA_MAX_BLOCK_S));
   quota_free(q);
@@ -495,8 +676,9 @@ static void test_obey_upstream(void **state) {
   /* Not obeying: the same words block nothing. */
   q = make(&fc, 0, 0, 0, 0);
   observe(q, 429, (const char *[]){"Retry-After: 5", NULL});
-  observe(q, 200, (const char *[]){"X-RateLimit-Remaining: 0",
-                                   "X-RateLimit-Reset: 30", NULL});
+  observe(q, 200,
+          (const char *[]){"X-RateLimit-Remaining: 0", "X-RateLimit-Reset: 30",
+                           NULL});
   assert_int_equal(quota_take(q, NULL), 0);
   quota_free(q);
 }
@@ -541,14 +723,14 @@ static void test_parse_rate(void **state) {
     const char *s;
     double want; /* < 0: invalid */
   } t[] = {
-      {"10/s", 10},       {"600/m", 10},     {"600 / min", 10},
-      {"0.5/s", 0.5},     {"3600/h", 1},     {"100/15m", 100.0 / 900},
-      {"86400/DAY", 1},   {"5/100ms", 50},   {" 7/second ", 7},
-      {"off", 0},         {"NONE", 0},       {"0", 0},
-      {"0/s", 0},         {"10", -1},        {"10/", -1},
-      {"/s", -1},         {"-1/s", -1},      {"+1/s", -1},
-      {"1e3/s", -1},      {"inf/s", -1},     {"10/fortnight", -1},
-      {"10/s extra", -1}, {"10/0s", -1},     {"2000000000/s", -1},
+      {"10/s", 10},       {"600/m", 10},   {"600 / min", 10},
+      {"0.5/s", 0.5},     {"3600/h", 1},   {"100/15m", 100.0 / 900},
+      {"86400/DAY", 1},   {"5/100ms", 50}, {" 7/second ", 7},
+      {"off", 0},         {"NONE", 0},     {"0", 0},
+      {"0/s", 0},         {"10", -1},      {"10/", -1},
+      {"/s", -1},         {"-1/s", -1},    {"+1/s", -1},
+      {"1e3/s", -1},      {"inf/s", -1},   {"10/fortnight", -1},
+      {"10/s extra", -1}, {"10/0s", -1},   {"2000000000/s", -1},
       {"1./s", -1},       {"", -1},
   };
   for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -573,7 +755,9 @@ static void test_parse_period(void **state) {
     uint64_t max, ms;
   } t[] = {
       {"10000/day", 0, 10000, 86400000},
-      {"500000/month", 0, 500000, 2592000000},
+      {"500000/month", 0, 500000, QUOTA_MONTH_MS},
+      {"4/3 months", 0, 4, 3 * QUOTA_MONTH_MS},
+      {"1/30d", 0, 1, 2592000000}, /* 30 days, not a month */
       {"100/15m", 0, 100, 900000},
       {"1000 / 1 h", 0, 1000, 3600000},
       {"7/w", 0, 7, 604800000},
@@ -601,7 +785,10 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_burst_then_one_token_per_interval),
       cmocka_unit_test(test_default_burst_and_unlimited),
-      cmocka_unit_test(test_period_cap_resets_at_boundary),
+      cmocka_unit_test(test_period_cap_aligned_to_start),
+      cmocka_unit_test(test_day_resets_at_utc_midnight),
+      cmocka_unit_test(test_month_has_its_calendar_length),
+      cmocka_unit_test(test_durations_align_to_the_epoch),
       cmocka_unit_test(test_bucket_and_period_spend_together),
       cmocka_unit_test(test_route_and_upstream_spend_together),
       cmocka_unit_test(test_concurrent_takes_never_exceed_budget),
