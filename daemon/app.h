@@ -24,6 +24,7 @@
 #include "coalesce.h"
 #include "config.h"
 #include "metrics.h"
+#include "recfilter.h"
 
 #define APP_MAX_UPSTREAMS 256
 
@@ -56,11 +57,12 @@ typedef struct app {
   uint64_t started_ns; /* monotonic */
   time_t started_wall;
   _Atomic uint64_t reloads;
-  /* Set once the first Vary record / URI invalidation is stored: until
-   * then the hit path skips looking for them (two cache lookups saved). */
-  _Atomic bool seen_vary;
-  _Atomic bool seen_invalidation;
-  _Atomic bool draining; /* SIGTERM received */
+  /* Which primary keys may have a Vary record and which (upstream,
+   * target) an invalidation record: a hit whose bit is clear skips the
+   * lookup (a key build and a cache lookup each). See recfilter.h. */
+  recfilter_t vary_records;
+  recfilter_t invalidations;
+  _Atomic bool draining;        /* SIGTERM received */
   _Atomic unsigned connections; /* client connections, all workers: the
                                    process-wide max_connections */
 } app_t;

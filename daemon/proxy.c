@@ -37,6 +37,7 @@
 #include "log.h"
 #include "policy.h"
 #include "quota.h"
+#include "recfilter.h"
 #include "response.h"
 #include "upstream.h"
 #include "worker.h"
@@ -469,8 +470,10 @@ static void build_key(preq_t *p) {
                  (const char *const *)rt->identity_headers,
                  rt->nidentity_headers, req_header, (void *)p->req);
   p->vary_keyed = false;
-  if (!atomic_load_explicit(&p->app->seen_vary, memory_order_relaxed))
-    return;
+  if (!recfilter_used(&p->app->vary_records) ||
+      !recfilter_may_have(&p->app->vary_records,
+                          recfilter_hash(p->key.data, p->key.len, 0)))
+    return; /* no Vary record was ever stored for this key */
   /* Has this URL answered with Vary before? Then key on those headers. */
   cachekey_t rk;
   cachekey_init(&rk);
@@ -498,10 +501,24 @@ static void uri_key(cachekey_t *k, unsigned upstream, const char *target,
                  q ? len - pl - 1 : 0, NULL, 0, NULL, NULL);
 }
 
+/* The invalidation filter's hash of uri_key()'s inputs, so a hit whose
+ * bit is clear builds no key: the upstream and the target, whose split at
+ * the first '?' is all uri_key() keeps ("/p?" and "/p" give the same key,
+ * so a trailing '?' is dropped; normalised targets never have one). */
+static uint64_t uri_hash(unsigned upstream, const char *target, size_t len) {
+  if (len > 0 && target[len - 1] == '?' &&
+      memchr(target, '?', len) == target + len - 1)
+    len--;
+  return recfilter_hash(target, len, upstream);
+}
+
 /* Clock reading of the URI's last invalidation, or 0. */
 static uint64_t invalidated_at(preq_t *p) {
-  if (!atomic_load_explicit(&p->app->seen_invalidation, memory_order_relaxed))
-    return 0;
+  if (!recfilter_used(&p->app->invalidations) ||
+      !recfilter_may_have(
+          &p->app->invalidations,
+          uri_hash((unsigned)p->route->upstream, p->target, p->target_len)))
+    return 0; /* never invalidated */
   cachekey_t k;
   cachekey_init(&k);
   uri_key(&k, (unsigned)p->route->upstream, p->target, p->target_len);
@@ -527,7 +544,9 @@ static void invalidate_target(app_t *app, const config_route_t *rt,
   coalesce_ttl_t ttl = {
       .fresh_ns = 86400 * COALESCE_NS_PER_SEC +
                   ms2ns(rt->ttl_ms + rt->stale_ms + rt->stale_if_error_ms)};
-  atomic_store(&app->seen_invalidation, true); /* before the record exists */
+  /* before the record exists (recfilter.h: ordering) */
+  recfilter_add(&app->invalidations,
+                uri_hash((unsigned)rt->upstream, target, len));
   if (v != NULL && !k.oom)
     (void)coalesce_cache_put(app->cache, k.data, k.len, v, &ttl);
   coalesce_value_release(v);
@@ -1003,7 +1022,9 @@ static void on_fetch_done(void *ud, upstream_response_t *resp) {
       (void)coalesce_cache_put(app->cache, variant.data, variant.len, v,
                                &d.ttl);
       vary_record_key(&fx->primary, &rec);
-      atomic_store(&app->seen_vary, true); /* before the record exists */
+      /* before the record exists (recfilter.h: ordering) */
+      recfilter_add(&app->vary_records,
+                    recfilter_hash(fx->primary.data, fx->primary.len, 0));
       coalesce_value_t *list = coalesce_value_new(vary, vl);
       coalesce_ttl_t rttl = d.ttl;
       rttl.sie_ns += ms2ns(rt->stale_if_error_ms);
