@@ -21,6 +21,7 @@
  */
 #include "proxy.h"
 
+#include <assert.h>
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -76,8 +77,57 @@ typedef struct preq {
   char tail[192];
   uv_buf_t bufs[5];  /* status line, fields, tail, body (two halves > 2 GiB) */
   uv_timer_t timer;  /* initialised once timer_on */
+  bool pooled;       /* a PREQ_POOL_BLOCK from the loop's pool */
   char target_mem[]; /* `target` lives here: one allocation per request */
 } preq_t;
+
+/* Request records of ordinary targets come from a per-loop free list
+ * (worker_t.preq_pool, touched only by its loop's thread), so a hit
+ * allocates nothing; a target whose normalised form may exceed
+ * PREQ_POOL_TARGET bytes gets an exact malloc. At most PREQ_POOL_MAX are
+ * kept per loop (about 290 KiB). */
+#define PREQ_POOL_TARGET 512
+#define PREQ_POOL_BLOCK (sizeof(preq_t) + PREQ_POOL_TARGET)
+#define PREQ_POOL_MAX 256u
+
+static preq_t *preq_alloc(worker_t *w, size_t cap) {
+  if (cap <= PREQ_POOL_TARGET) {
+    preq_t *p = w->preq_pool;
+    if (p != NULL) {
+      memcpy(&w->preq_pool, p, sizeof w->preq_pool); /* the link */
+      w->preq_pooled--;
+    } else if ((p = malloc(PREQ_POOL_BLOCK)) == NULL) {
+      return NULL;
+    }
+    p->pooled = true;
+    return p;
+  }
+  preq_t *p = cap <= SIZE_MAX - sizeof *p ? malloc(sizeof *p + cap) : NULL;
+  if (p != NULL)
+    p->pooled = false;
+  return p;
+}
+
+static void preq_dealloc(preq_t *p) {
+  worker_t *w = p->w;
+  assert(worker_current() == w); /* the pool is its loop's alone */
+  if (!p->pooled || w->preq_pooled >= PREQ_POOL_MAX) {
+    free(p);
+    return;
+  }
+  memcpy(p, &w->preq_pool, sizeof w->preq_pool); /* link through the record */
+  w->preq_pool = p;
+  w->preq_pooled++;
+}
+
+void proxy_worker_cleanup(struct worker *w) {
+  while (w->preq_pool != NULL) {
+    void *p = w->preq_pool;
+    memcpy(&w->preq_pool, p, sizeof w->preq_pool);
+    free(p);
+  }
+  w->preq_pooled = 0;
+}
 
 #define PREQ_ZEROED offsetof(preq_t, tail)
 
@@ -136,7 +186,7 @@ static void preq_free_now(uv_handle_t *h) {
   preq_t *p = h->data;
   cachekey_free(&p->key);
   free(p->batch_base);
-  free(p);
+  preq_dealloc(p);
 }
 
 /* Frees p (the request must already be finished). */
@@ -154,7 +204,7 @@ static void preq_free(preq_t *p) {
   }
   cachekey_free(&p->key);
   free(p->batch_base);
-  free(p);
+  preq_dealloc(p);
 }
 
 static void preq_release(preq_t *p) {
@@ -1271,7 +1321,7 @@ void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req) {
   app_t *app = w->app;
   /* room for the normalised target (never longer than this) after p */
   size_t cap = req->path_len * 3 + req->query_len * 3 + 4;
-  preq_t *p = cap <= SIZE_MAX - sizeof *p ? malloc(sizeof *p + cap) : NULL;
+  preq_t *p = preq_alloc(w, cap);
   if (p == NULL) {
     http_conn_send_error(conn, 503, "overloaded", "out of memory");
     return;

@@ -13,6 +13,10 @@
 /* The worker's on_request (ud is the worker_t). */
 void proxy_on_request(void *ud, http_conn_t *conn, const http_request_t *req);
 
+/* Frees the worker's pooled request records; after its loop has closed. */
+struct worker;
+void proxy_worker_cleanup(struct worker *w);
+
 /* The loader's start callback (ud is the app_t): sends the upstream call
  * for a flight this loop leads, or for a background refresh. */
 void proxy_fetch_start(void *ud, const void *key, size_t keylen,

@@ -19,7 +19,9 @@
 
 static _Thread_local worker_t *current_worker;
 
-worker_t *worker_current(void) { return current_worker; }
+worker_t *worker_current(void) {
+  return current_worker;
+}
 
 void worker_post(worker_t *w, worker_msg_t *msg) {
   msg->next = NULL;
@@ -53,7 +55,9 @@ static void on_sweep(uv_timer_t *t) {
     LOG_WARN("flights_expired", "count=%zu", n);
 }
 
-static void on_handle_closed(uv_handle_t *h) { (void)h; }
+static void on_handle_closed(uv_handle_t *h) {
+  (void)h;
+}
 
 static void close_rest(worker_t *w) {
   batch_loop_close(w->batch); /* before its upstream client */
@@ -118,8 +122,8 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port,
-                 char *err, size_t errlen) {
+int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port, char *err,
+                 size_t errlen) {
   memset(w, 0, sizeof *w);
   w->id = id;
   w->app = app;
@@ -176,12 +180,15 @@ int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port,
   return 0;
 }
 
-void worker_drain(worker_t *w) { uv_async_send(&w->stop_async); }
+void worker_drain(worker_t *w) {
+  uv_async_send(&w->stop_async);
+}
 
 void worker_join(worker_t *w) {
   pthread_join(w->thread, NULL);
   /* close callbacks have run inside uv_run; the loop is empty now */
   if (uv_loop_close(&w->loop) != 0)
     LOG_WARN("worker_loop_busy", "worker=%u", w->id);
+  proxy_worker_cleanup(w); /* every request has finished */
   pthread_mutex_destroy(&w->inbox_mu);
 }

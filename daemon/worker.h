@@ -43,6 +43,10 @@ typedef struct worker {
   worker_msg_t *inbox_head, *inbox_tail;
   uv_async_t stop_async;
   uv_timer_t sweep; /* expires flights past their age limit */
+  /* proxy.c's free request records of this loop (only its thread touches
+   * them): a hit allocates nothing */
+  void *preq_pool;
+  unsigned preq_pooled;
   _Atomic int state; /* 0 running, 1 draining, 2 stopped */
   int listen_err;
   uv_sem_t ready;
@@ -54,8 +58,8 @@ worker_t *worker_current(void);
 /* Starts a worker thread: binds the listener on `port` (the first worker
  * may bind port 0; the others then share the port it got) and reports a
  * bind error before the thread runs requests. */
-int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port,
-                 char *err, size_t errlen);
+int worker_start(worker_t *w, app_t *app, unsigned id, uint16_t port, char *err,
+                 size_t errlen);
 /* Any thread: run msg->run(msg) on w's loop soon. */
 void worker_post(worker_t *w, worker_msg_t *msg);
 /* Any thread: stop accepting, finish requests in progress, then stop. */
