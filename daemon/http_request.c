@@ -367,11 +367,12 @@ static int finish_head(http_conn_t *c) {
     return st;
 
   /* the arena is final from here on: pointers into it are stable */
-  if (c->nhdr > 0) {
+  if (c->nhdr > c->hdrs_cap) { /* kept across requests: grown, never shrunk */
     http_header_t *h = realloc(c->hdrs, c->nhdr * sizeof *h);
     if (!h)
       return -1;
     c->hdrs = h;
+    c->hdrs_cap = c->nhdr;
   }
   for (size_t i = 0; i < c->nhdr; i++) {
     const hdr_ofs_t *o = &c->hofs[i];
@@ -486,6 +487,7 @@ void http_req_free(http_conn_t *c) {
   c->head = c->body = NULL;
   c->hofs = NULL;
   c->hdrs = NULL;
+  c->hdrs_cap = 0;
 }
 
 const char *http_request_header(const http_request_t *req, const char *name,

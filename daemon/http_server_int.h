@@ -149,7 +149,8 @@ struct http_conn {
   size_t url_off, url_len;
   hdr_ofs_t *hofs;
   size_t nhdr, hofs_cap;
-  http_header_t *hdrs;
+  http_header_t *hdrs; /* hdrs_cap entries, kept between requests */
+  size_t hdrs_cap;
   char *body;
   size_t body_len, body_cap, body_raw;
   http_request_t req;
