@@ -101,16 +101,32 @@ int http_req_scan(http_conn_t *c, const char *data, size_t len, size_t *feed,
         return reject(c, 431, "too many header fields");
       s->line_len = 0;
       continue;
-    default:
+    default: {
       if (s->line_len == 0 && s->lines > 0 && (ch == ' ' || ch == '\t'))
         return reject(c, 400, "obs-fold or whitespace before a field");
-      s->line_len++;
+      /* The rest of an ordinary run at once (this loop sees every head
+       * byte of every request): only NUL, CR and LF need the switch. */
+      size_t j = i + 1;
+      while (j < len && data[j] != '\r' && data[j] != '\n' && data[j] != '\0')
+        j++;
+      size_t run = j - i;
+      if (s->lines > 0 && (s->hdr_bytes += run - 1) > o->max_header_bytes)
+        return reject(c, 431, "request header section too large");
+      s->line_len += run;
       if (s->lines == 0) {
         /* room for method, spaces and version around the target */
         if (s->line_len > o->max_uri_bytes + 32)
           return reject(c, 414, "request line too long");
-        tail_push(s, ch);
+        if (run >= sizeof s->tail) {
+          memcpy(s->tail, data + j - sizeof s->tail, sizeof s->tail);
+          s->tail_len = sizeof s->tail;
+        } else {
+          for (size_t k = i; k < j; k++)
+            tail_push(s, data[k]);
+        }
       }
+      i = j - 1;
+    }
     }
   }
   *feed = len;
