@@ -181,7 +181,12 @@ long cachekey_canonical_query(const char *in, size_t len, char *out,
     }
     i = j + 1;
   }
-  qsort(ps, np, sizeof *ps, qparam_cmp);
+  /* most clients send one parameter, or send them in order already */
+  bool sorted = true;
+  for (size_t i = 1; i < np && sorted; i++)
+    sorted = qparam_cmp(&ps[i - 1], &ps[i]) <= 0;
+  if (!sorted)
+    qsort(ps, np, sizeof *ps, qparam_cmp);
   size_t o = 0;
   for (size_t i = 0; i < np; i++) {
     if (o + ps[i].len + 1 > cap)
