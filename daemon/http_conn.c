@@ -41,23 +41,12 @@ static void conn_close(http_conn_t *c);
 
 static void on_timer(uv_timer_t *t);
 
-/* A connection re-arms its timeout 4-5 times per request (head, body,
- * write, idle), so arming only records a deadline: the libuv timer is
- * restarted only when the new deadline is earlier than the one it is set
- * for, and a timer that fires before the deadline (it was moved later)
- * sets itself for the rest. TK_NONE leaves the timer to fire once for
- * nothing. Same loop clock (uv_now) as uv_timer_start, so the same
- * moments as re-arming every time. */
 static void timer_arm(http_conn_t *c, timer_kind_t kind, unsigned ms) {
   c->timer_kind = kind;
   if (kind == TK_NONE)
-    return;
-  uint64_t due = uv_now(c->srv->loop) + ms;
-  c->timer_deadline = due;
-  if (!uv_is_active((uv_handle_t *)&c->timer) || c->timer_due > due) {
+    uv_timer_stop(&c->timer);
+  else
     uv_timer_start(&c->timer, on_timer, ms, 0);
-    c->timer_due = due;
-  }
 }
 
 /* ------------------------------------------------------------- lifetime */
@@ -492,14 +481,6 @@ static void conn_process(http_conn_t *c) {
 static void on_timer(uv_timer_t *t) {
   http_conn_t *c = t->data;
   http_server_t *s = c->srv;
-  if (c->timer_kind == TK_NONE)
-    return;
-  uint64_t now = uv_now(s->loop);
-  if (now < c->timer_deadline) { /* moved later since it was set */
-    uv_timer_start(&c->timer, on_timer, c->timer_deadline - now, 0);
-    c->timer_due = c->timer_deadline;
-    return;
-  }
   switch (c->timer_kind) {
   case TK_HEADER:
     http_stat_inc(&s->stats.timeouts_request);

@@ -125,9 +125,7 @@ struct http_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
   timer_kind_t timer_kind;
-  uint64_t timer_deadline; /* uv_now() reading when timer_kind expires */
-  uint64_t timer_due;      /* what the libuv timer is set for */
-  int open_handles;        /* tcp + timer until their close callbacks ran */
+  int open_handles; /* tcp + timer until their close callbacks ran */
   bool reading;
   bool handler_owns; /* on_request called, request not finished yet */
   bool aborted;      /* client left while the handler owned the request */
