@@ -20,6 +20,16 @@
 #include <strings.h>
 #include <unistd.h>
 
+/* A string field's copy of a value already checked. */
+static int store_str(const keydef_t *k, void *base, const char *value,
+                     char *msg, size_t msglen) {
+  if (!cfg_set_str(FIELD(base, k, char *), value)) {
+    cfg_fmt(msg, msglen, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
 /* Writes `value` into the field k describes at base. */
 int cfg_set_value(const keydef_t *k, void *base, const char *value, char *msg,
                   size_t msglen) {
@@ -108,11 +118,7 @@ int cfg_set_value(const keydef_t *k, void *base, const char *value, char *msg,
               value);
       return -1;
     }
-    if (!cfg_set_str(FIELD(base, k, char *), value)) {
-      cfg_fmt(msg, msglen, "out of memory");
-      return -1;
-    }
-    return 0;
+    return store_str(k, base, value, msg, msglen);
   }
   case T_QPERIOD: {
     uint64_t max, period;
@@ -122,11 +128,7 @@ int cfg_set_value(const keydef_t *k, void *base, const char *value, char *msg,
               value);
       return -1;
     }
-    if (!cfg_set_str(FIELD(base, k, char *), value)) {
-      cfg_fmt(msg, msglen, "out of memory");
-      return -1;
-    }
-    return 0;
+    return store_str(k, base, value, msg, msglen);
   }
   case T_STRING:
     for (const char *c = value; *c; c++) {
@@ -147,11 +149,7 @@ int cfg_set_value(const keydef_t *k, void *base, const char *value, char *msg,
               value);
       return -1;
     }
-    if (!cfg_set_str(FIELD(base, k, char *), value)) {
-      cfg_fmt(msg, msglen, "out of memory");
-      return -1;
-    }
-    return 0;
+    return store_str(k, base, value, msg, msglen);
   case T_SECRET: {
     char *exp;
     if (cfg_expand_env(value, &exp, msg, msglen) != 0)
@@ -175,11 +173,7 @@ int cfg_set_value(const keydef_t *k, void *base, const char *value, char *msg,
       cfg_fmt(msg, msglen, "cannot read \"%s\": %s", value, strerror(errno));
       return -1;
     }
-    if (!cfg_set_str(FIELD(base, k, char *), value)) {
-      cfg_fmt(msg, msglen, "out of memory");
-      return -1;
-    }
-    return 0;
+    return store_str(k, base, value, msg, msglen);
   case T_ADDR:
     return cfg_parse_addr(value, FIELD(base, k, config_addr_t), msg, msglen);
   case T_POLICY:
