@@ -106,6 +106,9 @@ static void test_identity_separates_keys(void **state) {
   build(&a, &alice, "/x", "a=1");
   build(&b, &bob, "/x", "a=1");
   assert_false(same(&a, &b));
+  /* an ordinary key is built without allocating: in the key itself */
+  assert_ptr_equal(a.data, a.small);
+  assert_true(a.len <= sizeof a.small);
   build(&b, &anon, "/x", "a=1");
   assert_false(same(&a, &b));
   build(&b, &alice, "/x", "a=1");
@@ -155,6 +158,7 @@ static void test_long_inputs(void **state) {
   cachekey_add(&k, "head", 4);
   cachekey_add(&k, path, N + 1);
   assert_false(k.oom);
+  assert_ptr_not_equal(k.data, k.small); /* outgrown: on the heap */
   assert_int_equal(k.len, 4 + 4 + 4 + N + 1);
   assert_memory_equal(k.data + 4, "head", 4);
   assert_memory_equal(k.data + 12, path, N + 1);
