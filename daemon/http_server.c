@@ -36,56 +36,24 @@ _Static_assert(sizeof OVERLOAD_BODY - 1 == 55, "fix Content-Length above");
 
 /* ------------------------------------------------------ read buffer pool */
 
-struct rbuf_free {
-  struct rbuf_free *next;
-};
-
 /* Single writer (the loop thread): a load and a store, no locked add. */
 static void counter_add(_Atomic uint64_t *c, uint64_t n) {
   atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
                         memory_order_relaxed);
 }
 
-static void set_pooled(http_server_t *s, unsigned n) {
-  atomic_store_explicit(&s->rbufs_pooled, n, memory_order_relaxed);
-}
-
 char *http_server_rbuf_get(http_server_t *s) {
-  struct rbuf_free *f = s->rbufs;
-  if (f != NULL) {
-    s->rbufs = f->next;
-    set_pooled(s, atomic_load_explicit(&s->rbufs_pooled, memory_order_relaxed) -
-                      1);
-    return (char *)f;
-  }
-  char *buf = malloc(HTTP_IN_CAP);
-  if (buf != NULL)
+  char *buf = freelist_take(&s->rbufs);
+  if (buf == NULL && (buf = malloc(HTTP_IN_CAP)) != NULL)
     counter_add(&s->rbufs_malloced, 1);
   return buf;
 }
 
 void http_server_rbuf_put(http_server_t *s, char *buf) {
-  if (buf == NULL)
+  if (buf == NULL || freelist_give(&s->rbufs, buf, HTTP_RBUF_POOL_MAX))
     return;
-  unsigned n = atomic_load_explicit(&s->rbufs_pooled, memory_order_relaxed);
-  if (n >= HTTP_RBUF_POOL_MAX) {
-    free(buf);
-    counter_add(&s->rbufs_freed, 1);
-    return;
-  }
-  struct rbuf_free *f = (struct rbuf_free *)(void *)buf; /* malloc-aligned */
-  f->next = s->rbufs;
-  s->rbufs = f;
-  set_pooled(s, n + 1);
-}
-
-static void rbuf_pool_free(http_server_t *s) {
-  while (s->rbufs != NULL) {
-    struct rbuf_free *f = s->rbufs;
-    s->rbufs = f->next;
-    free(f);
-  }
-  set_pooled(s, 0);
+  free(buf);
+  counter_add(&s->rbufs_freed, 1);
 }
 
 /* done is NULL only when listen failed half-way. */
@@ -97,7 +65,7 @@ void http_server_maybe_done(http_server_t *s) {
   if (s->done)
     s->done(s->done_ud);
   s->magic = 0;
-  rbuf_pool_free(s); /* every conn, and so every buffer, is back by now */
+  freelist_clear(&s->rbufs); /* every conn, and so every buffer, is back */
   free((char *)s->opts.server_name);
   free(s);
 }

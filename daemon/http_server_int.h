@@ -15,6 +15,7 @@
 #ifndef COALESCED_HTTP_SERVER_INT_H
 #define COALESCED_HTTP_SERVER_INT_H
 
+#include "freelist.h"
 #include "http_server.h"
 
 #include <stdatomic.h>
@@ -107,8 +108,7 @@ struct http_server {
   /* Read buffer pool (loop thread only): free buffers linked through their
    * first bytes. The counters are written by the loop thread alone (plain
    * relaxed stores) and readable from any thread (tests). */
-  struct rbuf_free *rbufs;
-  _Atomic unsigned rbufs_pooled;                /* buffers on the list */
+  freelist_t rbufs;                             /* free read buffers */
   _Atomic uint64_t rbufs_malloced, rbufs_freed; /* by the pool, ever */
   struct {
 #define X(name) _Atomic uint64_t name;

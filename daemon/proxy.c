@@ -92,13 +92,9 @@ typedef struct preq {
 
 static preq_t *preq_alloc(worker_t *w, size_t cap) {
   if (cap <= PREQ_POOL_TARGET) {
-    preq_t *p = w->preq_pool;
-    if (p != NULL) {
-      memcpy(&w->preq_pool, p, sizeof w->preq_pool); /* the link */
-      w->preq_pooled--;
-    } else if ((p = malloc(PREQ_POOL_BLOCK)) == NULL) {
+    preq_t *p = freelist_take(&w->preq_pool);
+    if (p == NULL && (p = malloc(PREQ_POOL_BLOCK)) == NULL)
       return NULL;
-    }
     p->pooled = true;
     return p;
   }
@@ -109,24 +105,13 @@ static preq_t *preq_alloc(worker_t *w, size_t cap) {
 }
 
 static void preq_dealloc(preq_t *p) {
-  worker_t *w = p->w;
-  assert(worker_current() == w); /* the pool is its loop's alone */
-  if (!p->pooled || w->preq_pooled >= PREQ_POOL_MAX) {
+  assert(worker_current() == p->w); /* the pool is its loop's alone */
+  if (!p->pooled || !freelist_give(&p->w->preq_pool, p, PREQ_POOL_MAX))
     free(p);
-    return;
-  }
-  memcpy(p, &w->preq_pool, sizeof w->preq_pool); /* link through the record */
-  w->preq_pool = p;
-  w->preq_pooled++;
 }
 
 void proxy_worker_cleanup(struct worker *w) {
-  while (w->preq_pool != NULL) {
-    void *p = w->preq_pool;
-    memcpy(&w->preq_pool, p, sizeof w->preq_pool);
-    free(p);
-  }
-  w->preq_pooled = 0;
+  freelist_clear(&w->preq_pool);
 }
 
 #define PREQ_ZEROED offsetof(preq_t, tail)

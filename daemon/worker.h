@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "app.h"
+#include "freelist.h"
 #include "http_server.h"
 #include "upstream.h"
 
@@ -45,8 +46,7 @@ typedef struct worker {
   uv_timer_t sweep; /* expires flights past their age limit */
   /* proxy.c's free request records of this loop (only its thread touches
    * them): a hit allocates nothing */
-  void *preq_pool;
-  unsigned preq_pooled;
+  freelist_t preq_pool;
   _Atomic int state; /* 0 running, 1 draining, 2 stopped */
   int listen_err;
   uv_sem_t ready;

@@ -939,7 +939,7 @@ static void test_send_paths(void **state) {
 }
 
 static unsigned rbufs_pooled(const fixture_t *fx) {
-  return atomic_load(&fx->srv->rbufs_pooled);
+  return atomic_load(&fx->srv->rbufs.n);
 }
 
 static uint64_t rbufs_malloced(const fixture_t *fx) {
